@@ -1,0 +1,1 @@
+"""EDSR and MDSR super-resolution networks in JAX/Flax."""
