@@ -1,0 +1,237 @@
+"""PSNR and SSIM as published super-resolution tables compute them.
+
+Pure numpy/scipy so that scoring runs anywhere (no accelerator, no JAX).
+
+Conventions, taken from the MATLAB scripts behind the EDSR/RCAN tables:
+
+* Scores are defined on 8-bit images. Float SR output (0..255 scale) is quantised by
+  `quantize`: clip to [0, 255], then round half up, `floor(x + 0.5)`. After clipping
+  this is the same as MATLAB's `uint8()` (round half away from zero); numpy's
+  `np.round` (half to even) is not.
+* Y is MATLAB's `rgb2ycbcr` luma kept in floating point:
+  `Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255` for R, G, B in 0..255. The
+  reference script computes `rgb2ycbcr(im2double(img)) * 255`, i.e. Y is never rounded
+  to an integer; rounding it moves Set5 PSNR by up to 0.24 dB.
+* Greyscale images (HxW or HxWx1): the single channel is its own Y. If one image of a
+  pair is grey and the other RGB, the RGB one is converted to Y and compared with the
+  grey channel (for PSNR in either colour mode, and for SSIM).
+* "benchmark" convention (Set5, Set14, B100, Urban100): PSNR and SSIM on Y, `scale`
+  pixels removed from every side.
+* "div2k" convention (DIV2K validation): PSNR on RGB (all three channels pooled into
+  one MSE), `scale + 6` pixels removed from every side; SSIM on Y with that same border.
+* SSIM is Wang et al.'s `ssim_index`: 11x11 Gaussian window (sigma 1.5), K = (0.01,
+  0.03), L = 255, 'valid' filtering (MATLAB `filter2(w, x, 'valid')`), mean of the map.
+* When HR is larger than SR (the usual modcrop case), HR is cropped from the top-left
+  corner, which is what MATLAB's `modcrop` keeps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+CONVENTIONS = ("benchmark", "div2k")
+
+# MATLAB rgb2ycbcr luma row, for R, G, B on the 0..255 scale (result / 255 + 16).
+_Y_WEIGHTS = np.array([65.481, 128.553, 24.966], dtype=np.float64)
+
+_SSIM_SIZE = 11
+_SSIM_SIGMA = 1.5
+_SSIM_K1 = 0.01
+_SSIM_K2 = 0.03
+_PEAK = 255.0
+
+
+def _gaussian_1d(size: int = _SSIM_SIZE, sigma: float = _SSIM_SIGMA) -> np.ndarray:
+  # fspecial('gaussian') is exp(-(x^2 + y^2) / (2 sigma^2)) normalised to sum 1, which
+  # is exactly the outer product of this normalised 1-D kernel with itself.
+  x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+  g = np.exp(-(x * x) / (2.0 * sigma * sigma))
+  return g / g.sum()
+
+
+_SSIM_WINDOW_1D = _gaussian_1d()
+
+
+def _check_image(image: np.ndarray, what: str) -> np.ndarray:
+  image = np.asarray(image)
+  if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 3)):
+    return image
+  raise ValueError(f"{what}: expected an HxW, HxWx1 or HxWx3 image, got shape {image.shape}")
+
+
+def _is_grey(image: np.ndarray) -> bool:
+  return image.ndim == 2 or image.shape[-1] == 1
+
+
+def rgb_to_y(image: np.ndarray) -> np.ndarray:
+  """Float64 HxW luma on the 0..255 scale (MATLAB `rgb2ycbcr`, not rounded).
+
+  Args:
+    image: HxWx3 RGB on the 0..255 scale (uint8 or float), or a greyscale HxW / HxWx1
+      image, whose single channel is returned unchanged as its own Y.
+  """
+  image = _check_image(image, "rgb_to_y")
+  if image.ndim == 2:
+    return image.astype(np.float64)
+  if image.shape[-1] == 1:
+    return image[..., 0].astype(np.float64)
+  return 16.0 + image.astype(np.float64) @ _Y_WEIGHTS / 255.0
+
+
+def quantize(image: np.ndarray) -> np.ndarray:
+  """Quantises an image to uint8 the way SR outputs are saved before scoring.
+
+  uint8 input is returned as is. Float input must be on the 0..255 scale (not 0..1): it
+  is clipped to [0, 255] and rounded half up, floor(x + 0.5) (equal to MATLAB's
+  half-away-from-zero rounding once values are non-negative). Other integer types are
+  clipped. Raises ValueError on NaN or infinite values.
+  """
+  image = np.asarray(image)
+  if image.dtype == np.uint8:
+    return image
+  if np.issubdtype(image.dtype, np.integer) or image.dtype == np.bool_:
+    return np.clip(image, 0, 255).astype(np.uint8)
+  if not np.issubdtype(image.dtype, np.floating):
+    raise TypeError(f"quantize: unsupported dtype {image.dtype}")
+  if not np.all(np.isfinite(image)):
+    raise ValueError("quantize: image contains NaN or infinite values")
+  return np.floor(np.clip(image.astype(np.float64), 0.0, 255.0) + 0.5).astype(np.uint8)
+
+
+def crop_border(image: np.ndarray, border: int) -> np.ndarray:
+  """Removes `border` pixels from each of the four sides (a view, not a copy)."""
+  image = np.asarray(image)
+  if border < 0:
+    raise ValueError(f"border must be >= 0, got {border}")
+  if border == 0:
+    return image
+  height, width = image.shape[:2]
+  if 2 * border >= min(height, width):
+    raise ValueError(f"border {border} leaves nothing of an image of shape {image.shape}")
+  return image[border:-border, border:-border]
+
+
+def crop_to(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Keeps the top-left `height` x `width` corner (MATLAB modcrop's choice of corner)."""
+  image = np.asarray(image)
+  if image.shape[0] < height or image.shape[1] < width:
+    raise ValueError(f"cannot crop an image of shape {image.shape} to {height}x{width}")
+  return image[:height, :width]
+
+
+def crop_hr_to_lr(hr: np.ndarray, lr_shape: Sequence[int], *, scale: int) -> np.ndarray:
+  """Crops HR top-left to (LR height * scale) x (LR width * scale), for training/eval."""
+  return crop_to(hr, lr_shape[0] * scale, lr_shape[1] * scale)
+
+
+def _pair(sr: np.ndarray, hr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Checks a pair, quantises it and verifies the spatial sizes agree."""
+  sr = quantize(_check_image(sr, "sr"))
+  hr = quantize(_check_image(hr, "hr"))
+  if sr.shape[:2] != hr.shape[:2]:
+    raise ValueError(f"sr shape {sr.shape} and hr shape {hr.shape} differ")
+  return sr, hr
+
+
+def _mse_to_psnr(mse: float) -> float:
+  if mse == 0.0:
+    return math.inf
+  return float(10.0 * math.log10(_PEAK * _PEAK / mse))
+
+
+def psnr(sr: np.ndarray, hr: np.ndarray, *, border: int, y_channel: bool = True) -> float:
+  """Peak signal-to-noise ratio in dB (peak 255) after removing `border` pixels per side.
+
+  Args:
+    sr, hr: HxW, HxWx1 or HxWx3 images of the same height and width; uint8, or float on
+      0..255 which is quantised with `quantize` first.
+    border: pixels removed from every side before scoring.
+    y_channel: score MATLAB's float Y; otherwise all channels pooled into one MSE. A
+      pair with a greyscale member is always scored on Y (see the module docstring).
+
+  Returns:
+    The PSNR, or `math.inf` when the (cropped) images are identical.
+
+  Raises:
+    ValueError: naming both shapes when the heights/widths differ.
+  """
+  sr, hr = _pair(sr, hr)
+  if y_channel or _is_grey(sr) or _is_grey(hr):
+    a, b = rgb_to_y(crop_border(sr, border)), rgb_to_y(crop_border(hr, border))
+  else:
+    a = crop_border(sr, border).astype(np.float64)
+    b = crop_border(hr, border).astype(np.float64)
+  return _mse_to_psnr(float(np.mean(np.square(a - b))))
+
+
+def _valid_filter(stack: np.ndarray) -> np.ndarray:
+  """Gaussian 'valid' correlation over the last two axes (MATLAB filter2 'valid')."""
+  out = ndimage.correlate1d(stack, _SSIM_WINDOW_1D, axis=-2, mode="constant")
+  out = ndimage.correlate1d(out, _SSIM_WINDOW_1D, axis=-1, mode="constant")
+  # The kernel is centred, so dropping the half-width on each side leaves exactly the
+  # positions where the whole window lies inside the image.
+  half = _SSIM_SIZE // 2
+  return out[..., half:-half, half:-half]
+
+
+def _ssim_y(a: np.ndarray, b: np.ndarray) -> float:
+  """Wang's ssim_index on two float64 HxW images on the 0..255 scale."""
+  if min(a.shape) < _SSIM_SIZE:
+    raise ValueError(f"SSIM needs at least {_SSIM_SIZE}x{_SSIM_SIZE} pixels, got {a.shape}")
+  c1 = (_SSIM_K1 * _PEAK) ** 2
+  c2 = (_SSIM_K2 * _PEAK) ** 2
+  # One filtering pass over all five moment images.
+  mu_a, mu_b, e_aa, e_bb, e_ab = _valid_filter(np.stack([a, b, a * a, b * b, a * b]))
+  # Same algebra as ssim_index (E[x^2] - mu^2), so rounding matches the MATLAB code.
+  mu_aa, mu_bb, mu_ab = mu_a * mu_a, mu_b * mu_b, mu_a * mu_b
+  var_a, var_b, cov = e_aa - mu_aa, e_bb - mu_bb, e_ab - mu_ab
+  ssim_map = ((2 * mu_ab + c1) * (2 * cov + c2)) / ((mu_aa + mu_bb + c1) * (var_a + var_b + c2))
+  return float(np.mean(ssim_map))
+
+
+def ssim(sr: np.ndarray, hr: np.ndarray, *, border: int) -> float:
+  """SSIM (Wang's ssim_index) on Y, or on the grey channel, after removing `border`.
+
+  Inputs as for `psnr`. Identical images give exactly 1.0.
+  """
+  sr, hr = _pair(sr, hr)
+  return _ssim_y(rgb_to_y(crop_border(sr, border)), rgb_to_y(crop_border(hr, border)))
+
+
+def evaluate_pair(
+  sr: np.ndarray, hr: np.ndarray, *, scale: int, convention: str = "benchmark"
+) -> dict[str, float]:
+  """Scores one SR image against its HR image as published tables do.
+
+  Args:
+    sr: super-resolved image, uint8 or float on 0..255 (quantised with `quantize`).
+    hr: ground truth. If larger than `sr`, its top-left corner of `sr`'s size is used
+      (modcrop); it must not be smaller than `sr` in either dimension.
+    scale: the upscaling factor; sets the border.
+    convention: "benchmark" (Y PSNR and SSIM, border `scale`) or "div2k" (RGB PSNR,
+      border `scale + 6`; SSIM on Y with the same border).
+
+  Returns:
+    {"psnr": dB (inf for identical images), "ssim": float}.
+  """
+  if convention not in CONVENTIONS:
+    raise ValueError(f"unknown convention {convention!r}; allowed: {', '.join(CONVENTIONS)}")
+  if isinstance(scale, bool) or not isinstance(scale, int | np.integer) or scale < 1:
+    raise ValueError(f"scale must be a positive integer, got {scale!r}")
+  sr = _check_image(sr, "sr")
+  hr = _check_image(hr, "hr")
+  if sr.shape[0] > hr.shape[0] or sr.shape[1] > hr.shape[1]:
+    raise ValueError(f"sr shape {sr.shape} is larger than hr shape {hr.shape}")
+  hr = crop_to(hr, sr.shape[0], sr.shape[1])
+  if convention == "benchmark":
+    border = int(scale)
+    return {"psnr": psnr(sr, hr, border=border), "ssim": ssim(sr, hr, border=border)}
+  border = int(scale) + 6
+  return {
+    "psnr": psnr(sr, hr, border=border, y_channel=False),
+    "ssim": ssim(sr, hr, border=border),
+  }
