@@ -1,0 +1,158 @@
+"""The full set of config keys, their defaults (the paper's recipe) and their validation.
+
+Every file in `configs/` starts from `base_config()` and changes values only, so every
+preset has the same keys and `--config.<key>=...` works the same everywhere. `validate`
+runs before anything is compiled and names the key and the allowed values on failure.
+"""
+
+import math
+
+import ml_collections
+
+MODEL_NAMES = ("edsr", "mdsr")
+SCALES = (2, 3, 4)
+DATA_SOURCES = ("demo", "folder")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults of the paper's training recipe (EDSR baseline x2 network)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 16  # global, over all devices and processes
+  c.patch_size = 48  # LR patch side; HR patch is patch_size * scale
+  c.augment = True  # random horizontal flip, vertical flip and transpose
+  c.num_train_steps = 300_000
+  c.learning_rate = 1e-4
+  c.lr_decay_steps = 200_000  # the learning rate is halved every this many steps
+  c.lr_decay_factor = 0.5
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.999
+  c.adam_eps = 1e-8
+  c.log_every_steps = 100
+  c.eval_every_steps = 5_000
+  c.checkpoint_every_steps = 5_000
+  c.max_checkpoints_to_keep = 3
+  c.num_image_summaries = 2  # validation crops written to TensorBoard
+  c.prefetch_batches = 2  # batches prepared ahead of the train step
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "edsr"
+  c.model.num_blocks = 16
+  c.model.num_features = 64
+  c.model.res_scale = 1.0
+  c.model.scale = 2  # EDSR
+  c.model.scales = (2, 3, 4)  # MDSR
+  c.model.dtype = "float32"  # compute type; parameters stay float32
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "folder"
+  # HR image folder, or a root in the DIV2K / benchmark layout (`HR/` + `LR_bicubic/X<s>/`).
+  c.data.train_dir = ""
+  c.data.val_dir = ""
+  c.data.max_val_images = 10  # DIV2K 0801-0810 during training, as in the official code
+  # Which evaluation convention validation uses: "benchmark" (Y channel, border = scale)
+  # or "div2k" (RGB, border = scale + 6).
+  c.data.val_convention = "benchmark"
+  c.data.demo_train_images = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right",
+                              "immunohistochemistry", "hubble_deep_field", "retina")
+  c.data.demo_val_images = ("chelsea", "coffee")
+  return c
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key."""
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
+  """{'model.scale': 2, ...}: every leaf under its dotted name."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+  """Raises ConfigError for an unknown key or a value outside what training accepts."""
+  known = set(flatten(base_config()))
+  unknown = sorted(set(flatten(config)) - known)
+  if unknown:
+    raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+
+  def need(ok: bool, key: str, allowed: str):
+    if not ok:
+      value = config
+      for part in key.split("."):
+        value = value[part]
+      raise ConfigError(f"config.{key}={value!r} is invalid: allowed {allowed}")
+
+  def positive_int(key):
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    need(isinstance(value, int) and not isinstance(value, bool) and value > 0, key,
+         "a positive integer")
+
+  for key in ("batch_size", "patch_size", "num_train_steps", "lr_decay_steps",
+              "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+              "max_checkpoints_to_keep", "prefetch_batches", "model.num_blocks",
+              "model.num_features", "data.max_val_images"):
+    positive_int(key)
+  need(isinstance(config.seed, int), "seed", "an integer")
+  need(config.num_image_summaries >= 0, "num_image_summaries", "an integer >= 0")
+  for key in ("learning_rate", "adam_eps"):
+    v = config[key]
+    need(isinstance(v, int | float) and math.isfinite(v) and v > 0, key, "a finite number > 0")
+  need(0 < config.lr_decay_factor <= 1, "lr_decay_factor", "a number in (0, 1]")
+  for key in ("adam_b1", "adam_b2"):
+    need(0 <= config[key] < 1, key, "a number in [0, 1)")
+
+  m = config.model
+  need(m.name in MODEL_NAMES, "model.name", f"one of {MODEL_NAMES}")
+  need(isinstance(m.res_scale, int | float) and 0 < m.res_scale <= 1, "model.res_scale",
+       "a number in (0, 1]")
+  need(m.dtype in DTYPES, "model.dtype", f"one of {DTYPES}")
+  if m.name == "edsr":
+    need(m.scale in SCALES, "model.scale", f"one of {SCALES}")
+  else:
+    scales = tuple(m.scales) if isinstance(m.scales, list | tuple) else ()
+    need(len(scales) > 0 and all(s in SCALES for s in scales) and len(set(scales)) == len(
+        scales), "model.scales", f"a non-empty tuple of distinct values from {SCALES}")
+
+  d = config.data
+  need(d.source in DATA_SOURCES, "data.source", f"one of {DATA_SOURCES}")
+  if d.source == "folder":
+    need(bool(d.train_dir), "data.train_dir", "a folder path (data.source='folder')")
+  need(d.val_convention in ("benchmark", "div2k"), "data.val_convention",
+       "'benchmark' or 'div2k'")
+
+  if config.batch_size % num_devices:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} does not divide over {num_devices} devices: "
+        f"allowed a multiple of {num_devices}")
+
+
+def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A tiny run of the same network on the built-in demo photos: a smoke test in minutes."""
+  c.data.source = "demo"
+  c.data.max_val_images = 1
+  c.data.val_convention = "benchmark"
+  c.batch_size = 4
+  c.patch_size = 24
+  c.num_train_steps = 10
+  c.log_every_steps = 2
+  c.eval_every_steps = 10
+  c.checkpoint_every_steps = 5
+  return c
+
+
+def finalize(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies a config file's optional argument (`--config=configs/x.py:runlocal`)."""
+  if arg in (None, ""):
+    return c
+  if arg == "runlocal":
+    return runlocal(c)
+  raise ConfigError(f"unknown config argument {arg!r}: allowed 'runlocal' or none")

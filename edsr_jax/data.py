@@ -1,0 +1,276 @@
+"""Training and validation data: image sources, the patch sampler and prefetching.
+
+A source yields `SRImages`: decoded HR images with their LR versions per scale, held in
+memory (decoding PNGs every step would starve the accelerator). LR images come from the
+source's LR files when it has them (DIV2K and benchmark layouts), else they are made
+from the HR image with the MATLAB-compatible bicubic resize the paper used.
+
+The sampler is deterministic: the batch of step `n` depends only on (seed, n) and the
+data, never on what ran before, so a resumed run sees exactly the batches an
+uninterrupted run would. It draws the whole global batch's plan and each process cuts
+its own rows from it, so the batch is also the same whatever the number of processes.
+"""
+
+import concurrent.futures
+import dataclasses
+import os
+import pathlib
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+
+import jax
+import numpy as np
+
+from edsr_jax import image_io
+from edsr_jax.config_lib import ConfigError
+from edsr_jax.imresize import imresize, modcrop
+
+
+@dataclasses.dataclass
+class SRImages:
+  """Decoded images: `hr[i]` is uint8 (H, W, 3); `lr[s][i]` is (H // s, W // s, 3)."""
+
+  names: list[str]
+  hr: list[np.ndarray]
+  lr: dict[int, list[np.ndarray]]
+
+  def __len__(self):
+    return len(self.names)
+
+  def pair(self, i: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """(LR, HR cropped top-left to LR size x scale) of image i."""
+    lr = self.lr[scale][i]
+    return lr, self.hr[i][: lr.shape[0] * scale, : lr.shape[1] * scale]
+
+
+def bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
+  """The paper's LR image: MATLAB imresize(modcrop(HR, s), 1/s, 'bicubic')."""
+  return imresize(modcrop(hr, scale), 1 / scale)
+
+
+def _map(fn, items):
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+    return list(pool.map(fn, items))
+
+
+def _with_bicubic_lr(names, hrs, scales) -> SRImages:
+  lr = {s: _map(lambda hr, s=s: bicubic_lr(hr, s), hrs) for s in scales}
+  return SRImages(list(names), list(hrs), lr)
+
+
+# ---------------------------------------------------------------------------- demo set
+
+def _skimage_image(name: str) -> np.ndarray:
+  import skimage.data
+
+  if name in ("motorcycle_left", "motorcycle_right"):
+    left, right, _ = skimage.data.stereo_motorcycle()
+    return left if name == "motorcycle_left" else right
+  image = getattr(skimage.data, name, None)
+  image = image() if callable(image) else None
+  if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+          and image.shape[-1] == 3):
+    raise ConfigError(f"demo image {name!r} is not an RGB photo bundled with scikit-image; "
+                      "use e.g. astronaut, chelsea, coffee, rocket, motorcycle_left")
+  return image
+
+
+def load_demo(names: Sequence[str], scales: Sequence[int]) -> SRImages:
+  """Photos bundled with scikit-image (no download), LR made by bicubic resize."""
+  return _with_bicubic_lr(names, [_skimage_image(n) for n in names], scales)
+
+
+# ---------------------------------------------------------------------------- folders
+
+@dataclasses.dataclass
+class FolderLayout:
+  hr_dir: pathlib.Path
+  lr_root: pathlib.Path | None  # holds X2/, X3/, ... with <name>x<s>.<ext> files
+
+  def lr_file(self, hr_file: pathlib.Path, scale: int) -> pathlib.Path | None:
+    if self.lr_root is None or not (self.lr_root / f"X{scale}").is_dir():
+      return None
+    return self.lr_root / f"X{scale}" / f"{hr_file.stem}x{scale}{hr_file.suffix}"
+
+
+def resolve_layout(path: str | os.PathLike, split: str) -> FolderLayout:
+  """Understands three layouts.
+
+  - DIV2K as unpacked: `DIV2K_{train,valid}_HR/` and `DIV2K_{train,valid}_LR_bicubic/`;
+    `split` ('train' or 'valid') picks which.
+  - The benchmark layout: `<Set>/HR/` and `<Set>/LR_bicubic/`.
+  - A plain folder of HR images (LR made by bicubic resize).
+  """
+  path = pathlib.Path(path)
+  if not path.is_dir():
+    raise ConfigError(f"data folder {str(path)!r} does not exist or is not a folder")
+  if (path / f"DIV2K_{split}_HR").is_dir():
+    return FolderLayout(path / f"DIV2K_{split}_HR", path / f"DIV2K_{split}_LR_bicubic")
+  if (path / "HR").is_dir():
+    return FolderLayout(path / "HR", path / "LR_bicubic")
+  return FolderLayout(path, None)
+
+
+def _read_pair(layout: FolderLayout, hr_file: pathlib.Path, scales):
+  hr = image_io.read_rgb(hr_file)
+  lrs = {}
+  for s in scales:
+    lr_file = layout.lr_file(hr_file, s)
+    if lr_file is None:
+      lrs[s] = bicubic_lr(hr, s)
+      continue
+    if not lr_file.is_file():
+      raise image_io.ImageError(f"{lr_file}: missing LR image for {hr_file.name} at x{s}")
+    lr = image_io.read_rgb(lr_file)
+    want = (hr.shape[0] // s, hr.shape[1] // s)
+    if lr.shape[:2] != want:
+      raise image_io.ImageError(
+          f"{lr_file}: LR size {lr.shape[1]}x{lr.shape[0]} does not match its HR image "
+          f"{hr_file.name} ({hr.shape[1]}x{hr.shape[0]}) at x{s}: expected "
+          f"{want[1]}x{want[0]}")
+    lrs[s] = lr
+  return hr, lrs
+
+
+def load_folder(path: str | os.PathLike, scales: Sequence[int], split: str = "train",
+                max_images: int | None = None) -> SRImages:
+  layout = resolve_layout(path, split)
+  files = image_io.list_images(layout.hr_dir)[:max_images]
+  pairs = _map(lambda f: _read_pair(layout, f, scales), files)
+  return SRImages([f.stem for f in files], [hr for hr, _ in pairs],
+                  {s: [lrs[s] for _, lrs in pairs] for s in scales})
+
+
+def load_train_images(config, scales) -> SRImages:
+  if config.data.source == "demo":
+    return load_demo(config.data.demo_train_images, scales)
+  return load_folder(config.data.train_dir, scales, "train")
+
+
+def load_val_images(config, scales) -> SRImages | None:
+  n = config.data.max_val_images
+  if config.data.source == "demo":
+    return load_demo(config.data.demo_val_images[:n], scales)
+  if not config.data.val_dir:
+    return None
+  return load_folder(config.data.val_dir, scales, "valid", max_images=n)
+
+
+# ---------------------------------------------------------------------------- sampling
+
+def scale_for_step(seed: int, step: int, scales: Sequence[int]) -> int:
+  """The scale trained at `step` (MDSR draws one per step; EDSR has one)."""
+  if len(scales) == 1:
+    return scales[0]
+  return scales[np.random.default_rng([seed, step, 1]).integers(len(scales))]
+
+
+def augment(patch: np.ndarray, code: int) -> np.ndarray:
+  """One of the 8 flips/transposes: bit 0 horizontal flip, bit 1 vertical, bit 2 transpose."""
+  if code & 1:
+    patch = patch[:, ::-1]
+  if code & 2:
+    patch = patch[::-1]
+  if code & 4:
+    patch = patch.transpose(1, 0, 2)
+  return patch
+
+
+class PatchSampler:
+  """Random aligned LR/HR patches; `batch(step, scale)` is a pure function of its inputs."""
+
+  def __init__(self, images: SRImages, *, scales: Sequence[int], patch_size: int,
+               global_batch: int, seed: int, augment: bool = True,
+               process_index: int = 0, process_count: int = 1):
+    if global_batch % process_count:
+      raise ConfigError(f"config.batch_size={global_batch} does not divide over "
+                        f"{process_count} processes")
+    if len(images) == 0:
+      raise ConfigError("the training set has no images")
+    for s in scales:
+      sizes = [lr.shape[:2] for lr in images.lr[s]]
+      i = int(np.argmin([min(hw) for hw in sizes]))
+      if min(sizes[i]) < patch_size:
+        raise ConfigError(
+            f"config.patch_size={patch_size} is larger than the smallest training image "
+            f"at x{s}: {images.names[i]} is {sizes[i][1]}x{sizes[i][0]} LR pixels; allowed "
+            f"at most {min(sizes[i])}")
+    self.images = images
+    self.patch_size = patch_size
+    self.global_batch = global_batch
+    self.seed = seed
+    self.augment = augment
+    self.local_batch = global_batch // process_count
+    self.rows = range(process_index * self.local_batch, (process_index + 1) * self.local_batch)
+
+  def batch(self, step: int, scale: int) -> dict[str, np.ndarray]:
+    """This process's rows of the global batch of `step`: uint8 'lr' and 'hr' patches."""
+    rng = np.random.default_rng([self.seed, step, 0])
+    n = self.global_batch
+    index = rng.integers(len(self.images), size=n)
+    fy, fx = rng.random(n), rng.random(n)
+    codes = rng.integers(8, size=n) if self.augment else np.zeros(n, np.int64)
+    p = self.patch_size
+    lrs, hrs = [], []
+    for row in self.rows:
+      i = index[row]
+      lr, hr = self.images.lr[scale][i], self.images.hr[i]
+      y = int(fy[row] * (lr.shape[0] - p + 1))
+      x = int(fx[row] * (lr.shape[1] - p + 1))
+      lrs.append(augment(lr[y:y + p, x:x + p], codes[row]))
+      hrs.append(augment(hr[y * scale:(y + p) * scale, x * scale:(x + p) * scale], codes[row]))
+    return {"lr": np.stack(lrs), "hr": np.stack(hrs)}
+
+
+def prefetch_batches(sampler: PatchSampler, steps: range, scales: Sequence[int],
+                     sharding: jax.sharding.Sharding, size: int = 2
+                     ) -> Iterator[tuple[int, int, dict[str, jax.Array]]]:
+  """Yields (step, scale, global device batch), prepared `size` steps ahead.
+
+  A background thread builds host batches; the next device transfer is issued before
+  the current batch is handed out, so the train step never waits on the host.
+  """
+  q: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
+
+  def produce():
+    try:
+      for step in steps:
+        scale = scale_for_step(sampler.seed, step, scales)
+        item = (step, scale, sampler.batch(step, scale))
+        while not stop.is_set():
+          try:
+            q.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+    except BaseException as e:  # surfaced in the consumer
+      q.put(e)
+      return
+    q.put(None)
+
+  def to_device(item):
+    step, scale, batch = item
+    return step, scale, {
+        k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+  thread = threading.Thread(target=produce, daemon=True, name="prefetch")
+  thread.start()
+  try:
+    pending = None
+    while True:
+      item = q.get()
+      if isinstance(item, BaseException):
+        raise item
+      if item is None:
+        break
+      ready, pending = pending, to_device(item)
+      if ready is not None:
+        yield ready
+    if pending is not None:
+      yield pending
+  finally:
+    stop.set()

@@ -1,0 +1,62 @@
+"""`make demo`: train the demo config, score it against bicubic, and draw a comparison.
+
+  python -m edsr_jax.demo --config=configs/demo.py --workdir=runs/demo
+
+Prints PSNR/SSIM of the model and of bicubic upscaling on the held-out images and writes
+`<workdir>/comparison.png` (LR | bicubic | model | ground truth crops, one row each).
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from etils import epath
+from ml_collections import config_flags
+
+from edsr_jax import data, evaluation, image_io, logs, models, train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", "runs/demo", "Directory for checkpoints, logs and pictures.")
+config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.",
+                                lock_config=True)
+
+
+def report(config, state, workdir: epath.Path) -> dict:
+  """Scores the trained model on the held-out images; writes comparison.png and JSON."""
+  scale = config.model.scale
+  model = models.create_model(config.model, jnp.dtype(config.model.dtype))
+  predict = evaluation.make_predict_fn(model)
+  val_images = data.load_val_images(config, (scale,))
+  means, per_image, outputs = evaluation.evaluate(
+      predict, state.params, val_images, scale, config.data.val_convention)
+  print(f"\nHeld-out images, x{scale}, Y-PSNR (border {scale}) / SSIM:")
+  print(f"{'image':<12} {'bicubic':>18} {'EDSR (this run)':>18}")
+  for row in per_image + [{"name": "mean", **means}]:
+    print(f"{row['name']:<12} {row['bicubic_psnr']:>9.2f} / {row['bicubic_ssim']:.4f}"
+          f" {row['psnr']:>9.2f} / {row['ssim']:.4f}")
+  print(f"gain over bicubic: {means['psnr'] - means['bicubic_psnr']:+.2f} dB")
+  strips = [evaluation.comparison_strip(*out, scale=scale) for out in outputs]
+  width = max(s.shape[1] for s in strips)
+  strips = [np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0)), constant_values=255)
+            for s in strips]
+  image_io.write_image(workdir / "comparison.png", np.concatenate(strips, axis=0))
+  results = {"scale": scale, **means, "per_image": per_image}
+  (workdir / "demo_results.json").write_text(json.dumps(results, indent=2))
+  print(f"wrote {workdir / 'comparison.png'} and {workdir / 'demo_results.json'}")
+  print(f"TensorBoard: tensorboard --logdir {workdir}")
+  return results
+
+
+def main(argv):
+  del argv
+  logs.quiet_library_logs()
+  workdir = epath.Path(FLAGS.workdir)
+  state = train.train_and_evaluate(FLAGS.config, str(workdir))
+  if jax.process_index() == 0:
+    report(FLAGS.config, state, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

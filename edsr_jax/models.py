@@ -1,0 +1,198 @@
+"""EDSR and MDSR (Lim et al., CVPR 2017 workshops) as Flax Linen modules.
+
+The modules compute the same function as the official PyTorch networks, so that released
+weights can be imported and numbers compared:
+
+- inputs and outputs are NHWC RGB on the 0..255 scale; the DIV2K mean is subtracted at
+  the input and added back at the output (a fixed shift, not a parameter);
+- 3x3 convolutions with bias and zero padding k // 2 ('SAME' for odd kernels);
+- pixel shuffle uses PyTorch's channel order `(c, r1, r2)`, not TensorFlow's
+  depth_to_space order `(r1, r2, c)`.
+
+`dtype` is the compute type (e.g. bfloat16 on TPU); parameters are always float32.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+# DIV2K RGB mean on the 0..1 scale, from the official code (`rgb_mean`).
+DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
+RGB_RANGE = 255.0
+SUPPORTED_SCALES = (2, 3, 4)
+
+
+def _reshape_keep_batch_sharding(x: jnp.ndarray, shape: tuple[int, ...]) -> jnp.ndarray:
+  # On a mesh with Explicit axes JAX cannot infer the sharding of a reshape that merges
+  # dimensions; only the batch dimension is ever sharded here, so say that it stays.
+  sharding = jax.typeof(x).sharding
+  if sharding.mesh.empty or not sharding.spec:
+    return x.reshape(shape)
+  return jnp.reshape(x, shape, out_sharding=NamedSharding(sharding.mesh, P(sharding.spec[0])))
+
+
+def pixel_shuffle(x: jnp.ndarray, r: int) -> jnp.ndarray:
+  """Rearranges (B, H, W, C*r*r) into (B, H*r, W*r, C) in PyTorch's channel order."""
+  b, h, w, crr = x.shape
+  c = crr // (r * r)
+  x = _reshape_keep_batch_sharding(x, (b, h, w, c, r, r))
+  x = x.transpose(0, 1, 4, 2, 5, 3)  # b, h, r1, w, r2, c
+  return _reshape_keep_batch_sharding(x, (b, h * r, w * r, c))
+
+
+def _conv(features: int, kernel: int, dtype: Any, name: str | None = None) -> nn.Conv:
+  # PyTorch's default init (kaiming_uniform with a=sqrt(5)) is uniform(+-1/sqrt(fan_in)),
+  # i.e. variance 1/(3 fan_in); matching it keeps the training recipe's learning rate sane.
+  return nn.Conv(
+      features,
+      (kernel, kernel),
+      padding="SAME",
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+      bias_init=nn.initializers.zeros,
+      name=name,
+  )
+
+
+class ResBlock(nn.Module):
+  """conv -> ReLU -> conv, scaled by `res_scale`, plus the input."""
+
+  features: int
+  kernel_size: int = 3
+  res_scale: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = _conv(self.features, self.kernel_size, self.dtype, name="conv1")(x)
+    y = nn.relu(y)
+    y = _conv(self.features, self.kernel_size, self.dtype, name="conv2")(y)
+    if self.res_scale != 1.0:
+      y = y * self.res_scale
+    return x + y
+
+
+class Upsampler(nn.Module):
+  """x2 / x3: conv to r*r*F channels + pixel shuffle; x4: two x2 stages. No activation."""
+
+  scale: int
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    stages = {2: (2,), 3: (3,), 4: (2, 2)}[self.scale]
+    for i, r in enumerate(stages):
+      x = _conv(self.features * r * r, 3, self.dtype, name=f"conv{i}")(x)
+      x = pixel_shuffle(x, r)
+    return x
+
+
+class Body(nn.Module):
+  """B residual blocks and a final conv, with the global skip connection."""
+
+  num_blocks: int
+  features: int
+  res_scale: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = x
+    for i in range(self.num_blocks):
+      y = ResBlock(self.features, 3, self.res_scale, self.dtype, name=f"block{i}")(y)
+    y = _conv(self.features, 3, self.dtype, name="conv")(y)
+    return x + y
+
+
+def _shift_mean(x, sign: float, dtype):
+  mean = jnp.asarray(DIV2K_RGB_MEAN, jnp.float32) * RGB_RANGE
+  return (x.astype(jnp.float32) + sign * mean).astype(dtype)
+
+
+class EDSR(nn.Module):
+  """Single-scale EDSR. `__call__(lr)`: (B, h, w, 3) in 0..255 -> (B, h*s, w*s, 3)."""
+
+  scale: int = 2
+  num_blocks: int = 16
+  num_features: int = 64
+  res_scale: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, scale: int | None = None):
+    if scale is not None and scale != self.scale:
+      raise ValueError(f"this EDSR was built for x{self.scale}, asked for x{scale}")
+    x = _shift_mean(x, -1.0, self.dtype)
+    x = _conv(self.num_features, 3, self.dtype, name="head")(x)
+    x = Body(self.num_blocks, self.num_features, self.res_scale, self.dtype, name="body")(x)
+    x = Upsampler(self.scale, self.num_features, self.dtype, name="upsample")(x)
+    x = _conv(3, 3, self.dtype, name="tail")(x)
+    return _shift_mean(x, 1.0, jnp.float32)
+
+
+class MDSR(nn.Module):
+  """Multi-scale MDSR: shared head/body/tail, per-scale pre-process and upsampler.
+
+  `__call__(lr, scale)` runs only the branch of `scale` (a Python int, so each scale is
+  its own compiled program). During `init` every branch is run once so that all scales'
+  parameters exist.
+  """
+
+  scales: Sequence[int] = SUPPORTED_SCALES
+  num_blocks: int = 16
+  num_features: int = 64
+  res_scale: float = 1.0
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    f, dt = self.num_features, self.dtype
+    self.head = _conv(f, 3, dt)
+    self.pre_process = {
+        f"x{s}": nn.Sequential([ResBlock(f, 5, 1.0, dt), ResBlock(f, 5, 1.0, dt)])
+        for s in self.scales
+    }
+    self.body = Body(self.num_blocks, f, self.res_scale, dt)
+    self.upsample = {f"x{s}": Upsampler(s, f, dt) for s in self.scales}
+    self.tail = _conv(3, 3, dt)
+
+  def __call__(self, x, scale: int):
+    if scale not in self.scales:
+      raise ValueError(f"scale must be one of {tuple(self.scales)}, got {scale!r}")
+    x = self.head(_shift_mean(x, -1.0, self.dtype))
+    if self.is_initializing():
+      for s in self.scales:  # create every branch's parameters
+        if s != scale:
+          self.upsample[f"x{s}"](self.body(self.pre_process[f"x{s}"](x)))
+    x = self.body(self.pre_process[f"x{scale}"](x))
+    x = self.tail(self.upsample[f"x{scale}"](x))
+    return _shift_mean(x, 1.0, jnp.float32)
+
+
+def create_model(model_config, dtype: Any = jnp.float32) -> nn.Module:
+  """Builds EDSR or MDSR from `config.model` (see configs/)."""
+  name = model_config.name
+  common = dict(
+      num_blocks=model_config.num_blocks,
+      num_features=model_config.num_features,
+      res_scale=model_config.res_scale,
+      dtype=dtype,
+  )
+  if name == "edsr":
+    return EDSR(scale=model_config.scale, **common)
+  if name == "mdsr":
+    return MDSR(scales=tuple(model_config.scales), **common)
+  raise ValueError(f"config.model.name must be 'edsr' or 'mdsr', got {name!r}")
+
+
+def model_scales(model_config) -> tuple[int, ...]:
+  """The scales a model config serves: (scale,) for EDSR, `scales` for MDSR."""
+  if model_config.name == "mdsr":
+    return tuple(model_config.scales)
+  return (model_config.scale,)

@@ -1,0 +1,182 @@
+"""The training loop: `train_and_evaluate(config, workdir)`, callable from a notebook.
+
+Data parallel with `jax.jit` over a 1-D device mesh: the batch is sharded on the `data`
+axis, parameters and optimizer state are replicated, and XLA inserts the gradient
+all-reduce. The loop never waits on the device except to fetch logged metrics every
+`log_every_steps`; the state is donated to each step; input is prepared ahead.
+"""
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+from etils import epath
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from edsr_jax import checkpoint, config_lib, data, evaluation, models
+
+DATA_AXIS = "data"
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+  """The paper's step decay: multiplied by lr_decay_factor every lr_decay_steps."""
+  return optax.exponential_decay(
+      config.learning_rate, transition_steps=config.lr_decay_steps,
+      decay_rate=config.lr_decay_factor, staircase=True)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  return optax.adam(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2,
+                    eps=config.adam_eps)
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+
+
+def create_train_state(config, model, tx, mesh, rng) -> TrainState:
+  """Initialises parameters directly onto the mesh, replicated."""
+  scale = models.model_scales(config.model)[0]
+  dummy = jnp.zeros((1, config.patch_size, config.patch_size, 3), jnp.float32)
+
+  def init(rng):
+    params = model.init(rng, dummy, scale)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(rng)
+
+
+def train_step(state: TrainState, batch, *, model, tx, scale: int):
+  """One Adam step on the L1 loss (0..255 scale, as in the paper)."""
+  lr = batch["lr"].astype(jnp.float32)
+  hr = batch["hr"].astype(jnp.float32)
+
+  def loss_fn(params):
+    sr = model.apply({"params": params}, lr, scale)
+    return jnp.mean(jnp.abs(sr - hr))
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, {"loss": loss}
+
+
+def make_train_step(model, tx, mesh):
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(
+      functools.partial(train_step, model=model, tx=tx),
+      static_argnames="scale", donate_argnums=0,
+      out_shardings=(replicated, replicated))
+
+
+def _write_validation(writer, step, predict, params, val_images, scales, config):
+  scalars, images = {}, {}
+  for s in scales:
+    means, _, outputs = evaluation.evaluate(
+        predict, params, val_images, s, config.data.val_convention)
+    suffix = "" if len(scales) == 1 else f"_x{s}"
+    scalars.update({f"val/{k}{suffix}": v for k, v in means.items()})
+    n = config.num_image_summaries
+    for name, out in zip(val_images.names[:n], outputs[:n], strict=True):
+      strip = evaluation.comparison_strip(*out, scale=s, labels=False)
+      images[f"val/{name}{suffix}/lr_bicubic_sr_hr"] = strip[None]
+    logging.info("step %d validation x%d: PSNR %.3f dB SSIM %.4f (bicubic %.3f dB / %.4f)",
+                 step, s, means["psnr"], means["ssim"], means["bicubic_psnr"],
+                 means["bicubic_ssim"])
+  writer.write_scalars(step, scalars)
+  if images:
+    writer.write_images(step, images)
+  return scalars
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (resuming from the latest checkpoint in `workdir`) and validates periodically."""
+  config_lib.validate(config, jax.device_count())
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  scales = models.model_scales(config.model)
+
+  # Data first: a bad folder or a patch larger than an image fails before compiling.
+  train_images = data.load_train_images(config, scales)
+  sampler = data.PatchSampler(
+      train_images, scales=scales, patch_size=config.patch_size,
+      global_batch=config.batch_size, seed=config.seed, augment=config.augment,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  val_images = data.load_val_images(config, scales)
+  logging.info("training images: %d; validation images: %d", len(train_images),
+               0 if val_images is None else len(val_images))
+
+  mesh = make_mesh()
+  model = models.create_model(config.model, jnp.dtype(config.model.dtype))
+  tx = make_optimizer(config)
+  schedule = learning_rate_schedule(config)
+  state = create_train_state(config, model, tx, mesh, jax.random.key(config.seed))
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info("model %s: %d parameters", config.model.name, num_params)
+
+  manager = checkpoint.make_manager(workdir, config.max_checkpoints_to_keep)
+  if manager.latest_step() is not None:
+    checkpoint.check_same_model(checkpoint.restore_config(manager), config, str(workdir))
+    state = checkpoint.restore_state(manager, state)
+    logging.info("resumed from %s at step %d", checkpoint.checkpoint_dir(workdir),
+                 int(state.step))
+  start_step = int(state.step)
+  if is_chief:
+    (workdir / "config.json").write_text(config.to_json(indent=2))
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  if start_step == 0:
+    writer.write_hparams({k: v for k, v in config_lib.flatten(config).items()
+                          if isinstance(v, int | float | str | bool)})
+  report = periodic_actions.ReportProgress(
+      num_train_steps=config.num_train_steps, writer=writer,
+      every_steps=config.log_every_steps)
+
+  step_fn = make_train_step(model, tx, mesh)
+  predict = evaluation.make_predict_fn(model)
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+  losses = []
+  batches = data.prefetch_batches(
+      sampler, range(start_step, config.num_train_steps), scales, batch_sharding,
+      config.prefetch_batches)
+  for step, scale, batch in batches:
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      state, step_metrics = step_fn(state, batch, scale=scale)
+    losses.append(step_metrics["loss"])
+    done = step + 1
+    is_last = done == config.num_train_steps
+    if done % config.log_every_steps == 0 or is_last:
+      # The only host-device sync of the loop: fetch the losses since the last log.
+      loss = float(np.mean(jax.device_get(losses)))
+      losses = []
+      if not np.isfinite(loss):
+        raise FloatingPointError(f"training loss is {loss} at step {done}")
+      writer.write_scalars(done, {"train/loss": loss,
+                                  "train/learning_rate": float(schedule(step))})
+    report(done)
+    if val_images is not None and (done % config.eval_every_steps == 0 or is_last):
+      with report.timed("eval"):
+        _write_validation(writer, done, predict, state.params, val_images, scales, config)
+    if done % config.checkpoint_every_steps == 0 or is_last:
+      checkpoint.save(manager, done, state, config)
+  manager.wait_until_finished()
+  writer.flush()
+  return state
+
