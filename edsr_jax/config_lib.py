@@ -5,13 +5,15 @@ preset has the same keys and `--config.<key>=...` works the same everywhere. `va
 runs before anything is compiled and names the key and the allowed values on failure.
 """
 
+import importlib.util
 import math
+import os
 
 import ml_collections
 
 MODEL_NAMES = ("edsr", "mdsr")
 SCALES = (2, 3, 4)
-DATA_SOURCES = ("demo", "folder")
+DATA_SOURCES = ("demo", "folder", "tfds")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -50,6 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
   # HR image folder, or a root in the DIV2K / benchmark layout (`HR/` + `LR_bicubic/X<s>/`).
   c.data.train_dir = ""
   c.data.val_dir = ""
+  # data.source='tfds': the div2k builder config; {scale} is each model scale (MDSR: x2-x4).
+  c.data.tfds_name = "div2k/bicubic_x{scale}"
+  c.data.tfds_data_dir = ""  # where the prepared dataset is; "" = TFDS's default
+  c.data.tfds_manual_dir = ""  # folder with the official DIV2K zips, to prepare offline
   c.data.max_val_images = 10  # DIV2K 0801-0810 during training, as in the official code
   # Which evaluation convention validation uses: "benchmark" (Y channel, border = scale)
   # or "div2k" (RGB, border = scale + 6).
@@ -126,6 +132,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   need(d.source in DATA_SOURCES, "data.source", f"one of {DATA_SOURCES}")
   if d.source == "folder":
     need(bool(d.train_dir), "data.train_dir", "a folder path (data.source='folder')")
+  if d.source == "tfds":
+    from edsr_jax import tfds_data  # no TensorFlow import: it parses the name only
+
+    tfds_data.dataset_names(
+        d.tfds_name, (m.scale,) if m.name == "edsr" else tuple(m.scales))
   need(d.val_convention in ("benchmark", "div2k"), "data.val_convention",
        "'benchmark' or 'div2k'")
 
@@ -156,3 +167,13 @@ def finalize(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.Co
   if arg == "runlocal":
     return runlocal(c)
   raise ConfigError(f"unknown config argument {arg!r}: allowed 'runlocal' or none")
+
+
+def load_config_file(path: str | os.PathLike, arg: str | None = None):
+  """`get_config(arg)` of a config file, as `--config=path[:arg]` would load it."""
+  spec = importlib.util.spec_from_file_location("edsr_jax_config", os.fspath(path))
+  if spec is None or spec.loader is None:
+    raise ConfigError(f"{path}: not a Python config file")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

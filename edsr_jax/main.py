@@ -7,10 +7,12 @@ Any config value can be overridden with `--config.<key>=<value>`; re-running wit
 same --workdir resumes from its latest checkpoint.
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from edsr_jax import logs, train
+from edsr_jax import config_lib, image_io, logs, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs.")
@@ -24,7 +26,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logs.quiet_library_logs()
   logging.info("config:\n%s", FLAGS.config)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (config_lib.ConfigError, image_io.ImageError) as e:
+    sys.exit(f"error: {e}")  # a bad input, not a bug: the message says what to fix
 
 
 if __name__ == "__main__":

@@ -111,6 +111,19 @@ class Body(nn.Module):
     return x + y
 
 
+class PreProcess(nn.Module):
+  """MDSR's per-scale input stage: two residual blocks with 5x5 kernels."""
+
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(2):
+      x = ResBlock(self.features, 5, 1.0, self.dtype, name=f"block{i}")(x)
+    return x
+
+
 def _shift_mean(x, sign: float, dtype):
   mean = jnp.asarray(DIV2K_RGB_MEAN, jnp.float32) * RGB_RANGE
   return (x.astype(jnp.float32) + sign * mean).astype(dtype)
@@ -154,10 +167,7 @@ class MDSR(nn.Module):
   def setup(self):
     f, dt = self.num_features, self.dtype
     self.head = _conv(f, 3, dt)
-    self.pre_process = {
-        f"x{s}": nn.Sequential([ResBlock(f, 5, 1.0, dt), ResBlock(f, 5, 1.0, dt)])
-        for s in self.scales
-    }
+    self.pre_process = {f"x{s}": PreProcess(f, dt) for s in self.scales}
     self.body = Body(self.num_blocks, f, self.res_scale, dt)
     self.upsample = {f"x{s}": Upsampler(s, f, dt) for s in self.scales}
     self.tail = _conv(3, 3, dt)

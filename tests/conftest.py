@@ -20,3 +20,23 @@ def shared_data() -> pathlib.Path:
   if os.environ.get("CI"):
     pytest.fail(message)
   pytest.skip(message)
+
+
+def read_scalars(path: pathlib.Path, tag: str) -> dict[int, float]:
+  """{step: value} of a scalar in TensorBoard event files (a file or all files in a dir)."""
+  from tensorboard.backend.event_processing import event_file_loader
+  from tensorboard.util import tensor_util
+
+  files = [path] if path.is_file() else sorted(path.glob("events.out.tfevents.*"))
+  out = {}
+  for f in files:
+    for event in event_file_loader.EventFileLoader(str(f)).Load():
+      for value in event.summary.value:
+        if value.tag == tag:
+          out[event.step] = float(tensor_util.make_ndarray(value.tensor))
+  return out
+
+
+@pytest.fixture
+def scalars():
+  return read_scalars

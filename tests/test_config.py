@@ -1,0 +1,116 @@
+"""Every preset is valid, and bad values are refused before anything compiles."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from edsr_jax import config_lib, data
+
+ROOT = pathlib.Path(__file__).parent.parent
+PRESETS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
+
+
+def test_all_presets_exist():
+  assert set(PRESETS) >= {"edsr_baseline_x2", "edsr_baseline_x3", "edsr_baseline_x4", "edsr_x2",
+                          "edsr_x3", "edsr_x4", "mdsr_baseline", "mdsr", "demo"}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_follows_paper_recipe_and_documents_its_command(preset):
+  path = ROOT / "configs" / f"{preset}.py"
+  config = config_lib.load_config_file(path)
+  if config.data.source == "folder":  # presets point at the user's DIV2K copy
+    config.data.train_dir = "/data/DIV2K"
+  config_lib.validate(config)
+  doc = path.read_text().split('"""')[1]
+  assert f"--config=configs/{preset}.py" in doc and "expected" in doc.lower()
+  if preset != "demo":
+    assert (config.patch_size, config.batch_size, config.learning_rate) == (48, 16, 1e-4)
+    assert (config.lr_decay_steps, config.lr_decay_factor) == (200_000, 0.5)
+    assert (config.adam_b1, config.adam_b2, config.adam_eps) == (0.9, 0.999, 1e-8)
+    assert config.augment
+    config_lib.validate(config_lib.load_config_file(path, "runlocal"))
+
+
+def _demo():
+  return config_lib.load_config_file(ROOT / "configs" / "demo.py")
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("model.scale", 5, r"config.model.scale=5 is invalid: allowed one of \(2, 3, 4\)"),
+    ("learning_rate", -1e-4, r"config.learning_rate=-0.0001 is invalid: allowed a finite"),
+    ("model.name", "srcnn", r"config.model.name='srcnn' is invalid: allowed one of"),
+    ("data.source", "ftp", r"config.data.source='ftp' is invalid: allowed one of"),
+    ("num_train_steps", 0, r"config.num_train_steps=0 is invalid: allowed a positive"),
+    ("model.res_scale", 2.0, r"config.model.res_scale=2.0 is invalid"),
+    ("model.dtype", "int8", r"config.model.dtype='int8' is invalid: allowed one of"),
+])
+def test_invalid_value_is_refused_naming_key(key, value, match):
+  config = _demo()
+  section, _, leaf = key.rpartition(".")
+  (config[section] if section else config)[leaf] = value
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate(config)
+
+
+def test_mdsr_scales_checked():
+  config = _demo()
+  config.model.name = "mdsr"
+  config.model.scales = (2, 5)
+  with pytest.raises(config_lib.ConfigError, match="config.model.scales"):
+    config_lib.validate(config)
+
+
+def test_unknown_key_refused():
+  config = _demo()
+  config.model.unlock()
+  config.model.num_resblocks = 3
+  with pytest.raises(config_lib.ConfigError, match=r"unknown config key\(s\) \['model.num_resb"):
+    config_lib.validate(config)
+
+
+def test_batch_must_divide_over_devices():
+  config = _demo()
+  config.batch_size = 12
+  config_lib.validate(config, num_devices=4)
+  with pytest.raises(config_lib.ConfigError, match="batch_size=12 does not divide over 8"):
+    config_lib.validate(config, num_devices=8)
+
+
+def test_patch_larger_than_smallest_image_refused():
+  images = data.load_demo(["chelsea", "astronaut"], [2])  # chelsea x2 is 225x150 LR
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config.patch_size=200 is larger than the smallest training "
+                     r"image at x2: chelsea is 225x150 LR pixels; allowed at most 150"):
+    data.PatchSampler(images, scales=[2], patch_size=200, global_batch=4, seed=0)
+
+
+def _run_main(tmp_path, *overrides):
+  return subprocess.run(
+      [sys.executable, "-m", "edsr_jax.main", "--config=configs/demo.py",
+       f"--workdir={tmp_path / 'run'}", *overrides],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_refuses_bad_value_before_compiling(tmp_path):
+  result = _run_main(tmp_path, "--config.model.scale=5")
+  assert result.returncode != 0
+  assert "error: config.model.scale=5 is invalid: allowed one of (2, 3, 4)" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_cli_refuses_unknown_key(tmp_path):
+  result = _run_main(tmp_path, "--config.model.num_resblocks=3")
+  assert result.returncode != 0
+  assert "num_resblocks" in result.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_patch_larger_than_images(tmp_path):
+  result = _run_main(tmp_path, "--config.patch_size=400")
+  assert result.returncode != 0
+  assert "config.patch_size=400 is larger than the smallest training image" in result.stderr
+  assert not (tmp_path / "run" / "checkpoints").exists()

@@ -1,0 +1,112 @@
+"""The train loop in-process: what it writes, donation, compile counts, devices."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import read_scalars
+
+from edsr_jax import config_lib, models, train
+
+ROOT = pathlib.Path(__file__).parent.parent
+
+
+def tiny_config(steps=6):
+  c = config_lib.load_config_file(ROOT / "configs" / "demo.py")
+  c.model.num_blocks = 1
+  c.model.num_features = 8
+  c.patch_size = 16
+  c.batch_size = 4
+  c.num_train_steps = steps
+  c.log_every_steps = 2
+  c.eval_every_steps = steps
+  c.checkpoint_every_steps = steps
+  c.data.demo_val_images = ("chelsea",)
+  return c
+
+
+def _count_compiles(fn):
+  count = []
+
+  def listener(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      count.append(duration)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    fn()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return len(count)
+
+
+def test_writes_metrics_images_config_and_checkpoint(tmp_path):
+  train.train_and_evaluate(tiny_config(6), str(tmp_path))
+  for tag in ("train/loss", "train/learning_rate", "steps_per_sec"):
+    assert sorted(read_scalars(tmp_path, tag)) == [2, 4, 6], tag
+  assert read_scalars(tmp_path, "train/learning_rate")[6] == pytest.approx(5e-4)
+  psnr = read_scalars(tmp_path, "val/psnr")[6]
+  bicubic = read_scalars(tmp_path, "val/bicubic_psnr")[6]
+  assert 5 < psnr < 60 and 30 < bicubic < 40  # chelsea x2 bicubic is ~35 dB
+  assert 0 < read_scalars(tmp_path, "val/ssim")[6] <= 1
+  from tensorboard.backend.event_processing import event_accumulator
+
+  acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+  acc.Reload()
+  assert "val/chelsea/lr_bicubic_sr_hr" in acc.Tags()["tensors"]
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["model"]["num_features"] == 8
+  assert (tmp_path / "checkpoints" / "6" / "state").is_dir()
+  assert json.loads((tmp_path / "checkpoints" / "6" / "config" / "metadata").read_text()
+                    )["model"]["num_blocks"] == 1
+
+
+def test_train_step_donates_state_and_reduces_loss():
+  c = tiny_config()
+  model = models.create_model(c.model)
+  tx = train.make_optimizer(c)
+  mesh = train.make_mesh()
+  state = train.create_train_state(c, model, tx, mesh, jax.random.key(0))
+  step = train.make_train_step(model, tx, mesh)
+  rng = np.random.default_rng(0)
+  hr = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  batch = {"hr": jnp.asarray(hr), "lr": jnp.asarray(hr[:, ::2, ::2])}
+  old_leaf = jax.tree.leaves(state.params)[0]
+  losses = []
+  for _ in range(20):
+    state, metrics = step(state, batch, scale=2)
+    losses.append(float(metrics["loss"]))
+  assert old_leaf.is_deleted()  # the input state's buffers were donated
+  assert int(state.step) == 20
+  assert losses[-1] < losses[0]
+
+
+def test_compiles_do_not_grow_with_steps(tmp_path):
+  short = _count_compiles(lambda: train.train_and_evaluate(tiny_config(4), str(tmp_path / "a")))
+  long = _count_compiles(lambda: train.train_and_evaluate(tiny_config(12), str(tmp_path / "b")))
+  assert short > 0 and short == long
+
+
+def test_cli_runs_on_eight_devices_like_on_one(tmp_path):
+  """Same global batch, same seed: the loss on 8 devices matches 1 device."""
+  losses = {}
+  for n in (1, 8):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(n))
+    subprocess.run(
+        [sys.executable, "-m", "edsr_jax.main", "--config=configs/demo.py",
+         f"--workdir={tmp_path / str(n)}", "--config.model.num_blocks=1",
+         "--config.model.num_features=8", "--config.patch_size=16", "--config.batch_size=8",
+         "--config.num_train_steps=6", "--config.log_every_steps=1",
+         "--config.eval_every_steps=6", "--config.checkpoint_every_steps=6",
+         "--config.data.demo_val_images=('chelsea',)"],
+        cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    losses[n] = read_scalars(tmp_path / str(n), "train/loss")
+  assert sorted(losses[8]) == list(range(1, 7))
+  for step in losses[1]:
+    np.testing.assert_allclose(losses[8][step], losses[1][step], rtol=1e-5)

@@ -1,0 +1,101 @@
+"""End to end through the CLI: train, checkpoint, SIGKILL, resume, and compare.
+
+A resumed run must continue the step count, and its losses must be exactly those of an
+uninterrupted run (same batches by construction, same restored state), which also shows
+that the learning-rate schedule and Adam's moments were restored.
+"""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+from conftest import read_scalars
+
+from edsr_jax import checkpoint
+
+ROOT = pathlib.Path(__file__).parent.parent
+TINY = [
+    "--config=configs/demo.py",
+    "--config.model.num_blocks=1",
+    "--config.model.num_features=8",
+    "--config.patch_size=16",
+    "--config.batch_size=4",
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=5",
+    "--config.eval_every_steps=1000",
+    "--config.max_checkpoints_to_keep=2",
+    "--config.data.demo_val_images=('chelsea',)",
+]
+STEPS = 60
+
+
+def _cmd(workdir, steps):
+  return [sys.executable, "-m", "edsr_jax.main", *TINY, f"--workdir={workdir}",
+          f"--config.num_train_steps={steps}"]
+
+
+def _env():
+  return dict(os.environ, JAX_PLATFORMS="cpu")
+
+
+def _finished_steps(workdir):
+  ckpt = checkpoint.checkpoint_dir(workdir)
+  if not ckpt.exists():
+    return []
+  return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+
+
+def test_kill_and_resume_continues_exactly(tmp_path):
+  reference = tmp_path / "reference"
+  subprocess.run(_cmd(reference, STEPS), cwd=ROOT, env=_env(), check=True,
+                 capture_output=True, timeout=300)
+  ref_loss = read_scalars(reference, "train/loss")
+  assert sorted(ref_loss) == list(range(1, STEPS + 1))
+  assert np.mean([ref_loss[s] for s in range(51, 61)]) < np.mean(
+      [ref_loss[s] for s in range(1, 11)])  # it learns
+
+  # Kill a long run with SIGKILL as soon as it has a finished checkpoint at step >= 10.
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(_cmd(workdir, 100_000), cwd=ROOT, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not any(s >= 10 for s in _finished_steps(workdir)):
+    assert proc.poll() is None, "training exited before it could be killed"
+    assert time.time() < deadline, "no checkpoint within the time limit"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait(timeout=30)
+  resume_from = max(_finished_steps(workdir))
+  assert resume_from < STEPS
+  first_events = set(workdir.glob("events.out.tfevents.*"))
+
+  resumed = subprocess.run(_cmd(workdir, STEPS), cwd=ROOT, env=_env(), capture_output=True,
+                           text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"at step {resume_from}" in resumed.stderr
+  (new_events,) = set(workdir.glob("events.out.tfevents.*")) - first_events
+  loss = read_scalars(new_events, "train/loss")
+  # The step count continues where the checkpoint left off ...
+  assert sorted(loss) == list(range(resume_from + 1, STEPS + 1))
+  # ... and training continues exactly as if it had never stopped.
+  for step in loss:
+    np.testing.assert_allclose(loss[step], ref_loss[step], rtol=1e-6, err_msg=f"step {step}")
+  assert _finished_steps(workdir)[-1] == STEPS
+  lr = read_scalars(new_events, "train/learning_rate")
+  assert lr[STEPS] == read_scalars(reference, "train/learning_rate")[STEPS]
+
+
+def test_resume_refuses_different_network(tmp_path):
+  workdir = tmp_path / "run"
+  subprocess.run(_cmd(workdir, 5), cwd=ROOT, env=_env(), check=True, capture_output=True,
+                 timeout=300)
+  other = subprocess.run(_cmd(workdir, 10) + ["--config.model.num_features=16"], cwd=ROOT,
+                         env=_env(), capture_output=True, text=True, timeout=300)
+  assert other.returncode != 0
+  assert "holds a checkpoint of a different network" in other.stderr
+  assert "model.num_features: checkpoint 8, config 16" in other.stderr
+  assert _finished_steps(workdir) == [5]  # nothing already written is lost
