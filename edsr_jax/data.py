@@ -61,19 +61,24 @@ def _with_bicubic_lr(names, hrs, scales) -> SRImages:
 
 # ---------------------------------------------------------------------------- demo set
 
+# Real photos that scikit-image ships (no download); the greyscale ones become RGB.
+DEMO_IMAGES = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass",
+               "gravel", "hubble_deep_field", "immunohistochemistry", "moon",
+               "motorcycle_left", "motorcycle_right", "page", "retina", "rocket", "text")
+
 def _skimage_image(name: str) -> np.ndarray:
+  """A photo bundled with scikit-image, as RGB (greyscale photos copied to R, G, B)."""
   import skimage.data
 
   if name in ("motorcycle_left", "motorcycle_right"):
     left, right, _ = skimage.data.stereo_motorcycle()
     return left if name == "motorcycle_left" else right
-  image = getattr(skimage.data, name, None)
-  image = image() if callable(image) else None
-  if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
-          and image.shape[-1] == 3):
-    raise ConfigError(f"demo image {name!r} is not an RGB photo bundled with scikit-image; "
-                      "use e.g. astronaut, chelsea, coffee, rocket, motorcycle_left")
-  return image
+  image = getattr(skimage.data, name, None) if name in DEMO_IMAGES else None
+  if image is None:
+    raise ConfigError(f"demo image {name!r} is not one of the photos bundled with "
+                      f"scikit-image: allowed {DEMO_IMAGES}")
+  image = image()
+  return np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image
 
 
 def load_demo(names: Sequence[str], scales: Sequence[int]) -> SRImages:
@@ -145,6 +150,10 @@ def load_folder(path: str | os.PathLike, scales: Sequence[int], split: str = "tr
 def load_train_images(config, scales) -> SRImages:
   if config.data.source == "demo":
     return load_demo(config.data.demo_train_images, scales)
+  if config.data.source == "tfds":
+    from edsr_jax import tfds_data  # imports TensorFlow, so only for this source
+
+    return tfds_data.load_for_config(config, scales, "train")
   return load_folder(config.data.train_dir, scales, "train")
 
 
@@ -152,6 +161,10 @@ def load_val_images(config, scales) -> SRImages | None:
   n = config.data.max_val_images
   if config.data.source == "demo":
     return load_demo(config.data.demo_val_images[:n], scales)
+  if config.data.source == "tfds":
+    from edsr_jax import tfds_data
+
+    return tfds_data.load_for_config(config, scales, "valid")
   if not config.data.val_dir:
     return None
   return load_folder(config.data.val_dir, scales, "valid", max_images=n)
@@ -234,23 +247,26 @@ def prefetch_batches(sampler: PatchSampler, steps: range, scales: Sequence[int],
   q: queue.Queue = queue.Queue(maxsize=size)
   stop = threading.Event()
 
+  def put(item) -> bool:
+    # Gives up once the consumer has stopped, so the thread never blocks forever.
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
   def produce():
     try:
       for step in steps:
         scale = scale_for_step(sampler.seed, step, scales)
-        item = (step, scale, sampler.batch(step, scale))
-        while not stop.is_set():
-          try:
-            q.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if stop.is_set():
+        if not put((step, scale, sampler.batch(step, scale))):
           return
     except BaseException as e:  # surfaced in the consumer
-      q.put(e)
+      put(e)
       return
-    q.put(None)
+    put(None)
 
   def to_device(item):
     step, scale, batch = item
