@@ -52,7 +52,7 @@ def check_same_model(saved_config, config, where: str) -> None:
   """Refuses to resume a checkpoint of a different network into this run."""
   saved = json.loads(json.dumps(saved_config.model.to_dict()))
   current = json.loads(json.dumps(config.model.to_dict()))
-  keys = ("name", "num_blocks", "num_features", "scale", "scales")
+  keys = ("name", "num_blocks", "num_features", "res_scale", "scale", "scales")
   diff = [f"model.{k}: checkpoint {saved.get(k)!r}, config {current.get(k)!r}"
           for k in keys if saved.get(k) != current.get(k)
           and not (k == "scales" and current["name"] == "edsr")

@@ -16,7 +16,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
 from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -107,6 +106,9 @@ def _write_validation(writer, step, predict, params, val_images, scales, config)
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (resuming from the latest checkpoint in `workdir`) and validates periodically."""
+  # CLU's writers import TensorFlow (seconds); tools that only need TrainState skip it.
+  from clu import metric_writers, periodic_actions
+
   config_lib.validate(config, jax.device_count())
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,211 @@
+r"""Imports official PyTorch EDSR / MDSR weights (`.pt` state_dicts) as a checkpoint here.
+
+Usage:
+  python -m edsr_jax.import_torch --input=edsr_baseline_x2-1bc95232.pt \
+      --output=runs/edsr_baseline_x2_official [--model=edsr|mdsr] [--scale=N] \
+      [--scales=2,3,4] [--num_blocks=N] [--num_features=N] [--res_scale=X] [--overwrite]
+
+The file is read without PyTorch and without running code from it (see
+`edsr_jax.torch_weights`). The network (EDSR or MDSR, residual blocks, features, scale or
+scales) is read from the tensor shapes; the optional flags state what you expect, and a
+flag that contradicts the file stops the import with the tensor that disagrees. res_scale
+is not stored in the weights: it defaults to the official value for the detected size
+(0.1 for 256-feature EDSR, 1.0 for 64 features) and must be given for any other size.
+The file's mean shift (sub_mean / add_mean) must be the standard DIV2K one, which our
+models apply as a constant.
+
+The output is a workdir: `<output>/checkpoints/0/{state,config}`, a full TrainState
+(imported params, fresh Adam state, step 0) and a validated config with the detected
+model (data.source='demo' as a placeholder). Training with `--workdir=<output>` and a
+config of the same network fine-tunes from it; an inference loader can rebuild the model
+from the saved config. An output that already holds checkpoints is refused unless
+--overwrite, which replaces `<output>/checkpoints` (and nothing else there).
+
+Input problems (unreadable or unsafe file, wrong network, contradicting flag, existing
+checkpoints) end the run with a one-line message and exit status 1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from edsr_jax import checkpoint, config_lib, logs, models, torch_weights
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program, so importing this module cannot collide with other
+  # absl flags (the training script has its own --config.model.scale and so on).
+  flags.DEFINE_string("input", None, "The PyTorch .pt state_dict to import.", required=True)
+  flags.DEFINE_string("output", None, "Workdir to write the checkpoint into.", required=True)
+  flags.DEFINE_enum("model", None, ["edsr", "mdsr"], "Expected network (default: detected).")
+  flags.DEFINE_integer("scale", None, "Expected EDSR scale (default: detected).")
+  flags.DEFINE_list("scales", None, "Expected MDSR scales, in the file's branch order, e.g. "
+                    "2,3,4 (default: detected).")
+  flags.DEFINE_integer("num_blocks", None, "Expected residual blocks (default: detected).",
+                       lower_bound=1)
+  flags.DEFINE_integer("num_features", None, "Expected features (default: detected).",
+                       lower_bound=1)
+  flags.DEFINE_float("res_scale", None, "Residual scaling, which the weights do not store "
+                     "(default: the official value for the detected size).")
+  flags.DEFINE_bool("overwrite", False, "Replace <output>/checkpoints if it exists.")
+
+
+class ImportTorchError(ValueError):
+  """A problem with the request (flags, output folder) reported as one line."""
+
+
+def _check_scale_flag(name: str, value: int) -> None:
+  if value not in config_lib.SCALES:
+    raise ImportTorchError(f"--{name}={value} is invalid: allowed one of {config_lib.SCALES}")
+
+
+def _existing_checkpoints(output: str) -> list[str]:
+  ckpt_dir = checkpoint.checkpoint_dir(output)
+  return sorted(p.name for p in ckpt_dir.iterdir()) if ckpt_dir.is_dir() else []
+
+
+def make_config(arch: torch_weights.Architecture, res_scale: float):
+  """base_config() with the imported network; validated."""
+  config = config_lib.base_config()
+  config.model.name = arch.model
+  config.model.num_blocks = arch.num_blocks
+  config.model.num_features = arch.num_features
+  config.model.res_scale = float(res_scale)
+  if arch.model == "edsr":
+    config.model.scale = arch.scales[0]
+  else:
+    config.model.scales = tuple(arch.scales)
+  config.data.source = "demo"  # a placeholder: fine-tuning sets its own data
+  config.data.val_convention = "div2k"  # as the presets of the official networks
+  config_lib.validate(config)
+  return config
+
+
+def _check_against_model(params, config) -> None:
+  # The mapping is written against models.py's parameter names; compare with the real
+  # module so that a renamed layer fails here instead of in someone's restore.
+  model = models.create_model(config.model)
+  scale = models.model_scales(config.model)[0]
+  dummy = jnp.zeros((1, 8, 8, 3), jnp.float32)
+  abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, scale)["params"], dummy)
+  want = jax.tree.map(lambda x: tuple(x.shape), abstract)
+  got = jax.tree.map(lambda x: tuple(x.shape), params)
+  if want != got:
+    raise RuntimeError("imported parameter tree does not match edsr_jax.models "
+                       f"(expected {want}, got {got})")
+
+
+def convert(input_path: str | os.PathLike, output: str | os.PathLike, *,
+            model: str | None = None, scale: int | None = None,
+            scales: tuple[int, ...] | None = None, num_blocks: int | None = None,
+            num_features: int | None = None, res_scale: float | None = None,
+            overwrite: bool = False) -> dict:
+  """Reads, checks and writes; returns {"arch", "res_scale", "res_scale_source",
+  "num_params", "checkpoint_dir"}. Nothing is written unless every check passes."""
+  output = os.fspath(output)
+  if os.path.exists(output) and not os.path.isdir(output):
+    raise ImportTorchError(f"--output={output} exists and is not a folder")
+  existing = _existing_checkpoints(output)
+  if existing and not overwrite:
+    raise ImportTorchError(
+        f"{checkpoint.checkpoint_dir(output)} already holds checkpoint(s) {existing}; "
+        "refusing to overwrite them (use another --output, or --overwrite to replace them)")
+  if scale is not None:
+    _check_scale_flag("scale", scale)
+  for s in scales or ():
+    _check_scale_flag("scales", s)
+  if res_scale is not None and not 0 < res_scale <= 1:
+    raise ImportTorchError(f"--res_scale={res_scale} is invalid: allowed a number in (0, 1]")
+
+  state = torch_weights.load_state_dict(input_path)
+  arch = torch_weights.detect_architecture(
+      state, model=model, scale=scale, scales=scales, num_blocks=num_blocks,
+      num_features=num_features)
+  torch_weights.check_state_dict(state, arch)
+  source = "--res_scale"
+  if res_scale is None:
+    res_scale = torch_weights.default_res_scale(arch)
+    source = "official value for this size"
+    if res_scale is None:
+      raise ImportTorchError(
+          f"{input_path} holds {arch.describe()}, not an official size, so its res_scale "
+          "(not stored in the weights) is unknown: pass --res_scale (official: 0.1 for "
+          "256-feature EDSR, 1.0 for 64 features)")
+  config = make_config(arch, res_scale)
+  params = torch_weights.to_flax_params(state, arch)
+  _check_against_model(params, config)
+
+  # Imported only now: train pulls in TensorFlow (through CLU's writers), seconds that a
+  # refused file should not wait for.
+  from edsr_jax import train
+
+  # The same layout as train.create_train_state: replicated on the device mesh.
+  tx = train.make_optimizer(config)
+  replicated = NamedSharding(train.make_mesh(), P())
+  params = jax.device_put(params, replicated)
+  train_state = jax.jit(
+      lambda p: train.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
+      out_shardings=replicated)(params)
+
+  ckpt_dir = checkpoint.checkpoint_dir(output)
+  if existing:  # --overwrite: training resumes from the latest step, so clear them all
+    shutil.rmtree(ckpt_dir)
+  manager = checkpoint.make_manager(output)
+  checkpoint.save(manager, 0, train_state, config)
+  manager.wait_until_finished()
+  manager.close()
+  return {
+      "arch": arch,
+      "res_scale": float(res_scale),
+      "res_scale_source": source,
+      "num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
+      "checkpoint_dir": str(ckpt_dir / "0"),
+  }
+
+
+def _one_line(error: BaseException) -> str:
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logs.quiet_library_logs()
+  try:
+    try:
+      scales = None if FLAGS.scales is None else tuple(int(s) for s in FLAGS.scales)
+    except ValueError:
+      raise ImportTorchError(f"--scales={','.join(FLAGS.scales)} is not a list of "
+                             "integers") from None
+    summary = convert(
+        FLAGS.input, FLAGS.output, model=FLAGS.model, scale=FLAGS.scale, scales=scales,
+        num_blocks=FLAGS.num_blocks, num_features=FLAGS.num_features,
+        res_scale=FLAGS.res_scale, overwrite=FLAGS.overwrite)
+  except (ImportTorchError, torch_weights.TorchFileError, torch_weights.WeightsMismatchError,
+          config_lib.ConfigError) as e:
+    sys.exit(f"import_torch: error: {_one_line(e)}")
+  arch = summary["arch"]
+  print(f"read {FLAGS.input}: {arch.describe()}")
+  print(f"model: {arch.model}; residual blocks: {arch.num_blocks}; features: "
+        f"{arch.num_features}; scale{'s' if arch.model == 'mdsr' else ''}: "
+        f"{','.join(str(s) for s in arch.scales)}")
+  print(f"res_scale: {summary['res_scale']:g} ({summary['res_scale_source']})")
+  print(f"parameters: {summary['num_params']:,}")
+  print(f"wrote {summary['checkpoint_dir']} (step 0, fresh Adam state); fine-tune with "
+        f"--workdir={FLAGS.output} and a config of the same network")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
