@@ -37,6 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_checkpoints_to_keep = 3
   c.num_image_summaries = 2  # validation crops written to TensorBoard
   c.prefetch_batches = 2  # batches prepared ahead of the train step
+  # A training workdir or checkpoint to start from (e.g. x3/x4 EDSR from a trained x2):
+  # every parameter but the upsampler is copied; used only when `workdir` has no checkpoint.
+  c.init_from = ""
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "edsr"

@@ -185,6 +185,21 @@ class MDSR(nn.Module):
     return _shift_mean(x, 1.0, jnp.float32)
 
 
+def active_params(params, scale: int):
+  """A pytree of Python bools: the parameters that take part in a forward pass at `scale`.
+
+  MDSR uses its shared head/body/tail and only `scale`'s pre-process and upsampler; every
+  EDSR parameter is always active.
+  """
+  branches = ("pre_process_x", "upsample_x")
+  own = (f"pre_process_x{scale}", f"upsample_x{scale}")
+
+  def mark(subtree, on: bool):
+    return jax.tree.map(lambda _: on, subtree)
+
+  return {k: mark(v, not k.startswith(branches) or k in own) for k, v in params.items()}
+
+
 def create_model(model_config, dtype: Any = jnp.float32) -> nn.Module:
   """Builds EDSR or MDSR from `config.model` (see configs/)."""
   name = model_config.name

@@ -20,7 +20,7 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from edsr_jax import checkpoint, config_lib, data, evaluation, models
+from edsr_jax import checkpoint, config_lib, data, evaluation, models, optim
 
 DATA_AXIS = "data"
 
@@ -39,8 +39,8 @@ def learning_rate_schedule(config) -> optax.Schedule:
       decay_rate=config.lr_decay_factor, staircase=True)
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  return optax.adam(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2,
+def make_optimizer(config) -> optim.Adam:
+  return optim.Adam(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2,
                     eps=config.adam_eps)
 
 
@@ -60,8 +60,52 @@ def create_train_state(config, model, tx, mesh, rng) -> TrainState:
   return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(rng)
 
 
+def transfer_params(source, target, where: str):
+  """`target` with every parameter but the upsamplers copied from `source`.
+
+  The paper initialises x3/x4 EDSR from the trained x2 network this way. A parameter
+  that is missing from `source` or has another shape there is an error: the two networks
+  differ in more than their upsampler.
+  """
+  flat_source = dict(jax.tree_util.tree_leaves_with_path(source))
+  missing, mismatched = [], []
+
+  def pick(path, value):
+    name = jax.tree_util.keystr(path)
+    if str(path[0].key).startswith("upsample"):
+      return value
+    if path not in flat_source:
+      missing.append(name)
+      return value
+    if flat_source[path].shape != value.shape:
+      mismatched.append(f"{name}: {flat_source[path].shape} there, {value.shape} here")
+      return value
+    return jnp.asarray(flat_source[path], value.dtype)
+
+  out = jax.tree_util.tree_map_with_path(pick, target)
+  if missing or mismatched:
+    raise config_lib.ConfigError(
+        f"config.init_from={where!r} is a different network: "
+        + "; ".join([f"missing {m}" for m in missing[:5]] + mismatched[:5]))
+  return out
+
+
+def init_from_checkpoint(state: TrainState, path: str, tx, mesh) -> TrainState:
+  """Starts from another run's parameters (all but the upsampler), with fresh Adam state."""
+  from edsr_jax import inference  # the loader that rebuilds a model from its checkpoint
+
+  source = inference.load(path).params
+  params = transfer_params(jax.device_get(source), jax.device_get(state.params), path)
+  params = jax.device_put(params, NamedSharding(mesh, P()))
+  return state.replace(params=params, opt_state=tx.init(params))
+
+
 def train_step(state: TrainState, batch, *, model, tx, scale: int):
-  """One Adam step on the L1 loss (0..255 scale, as in the paper)."""
+  """One Adam step on the L1 loss (0..255 scale, as in the paper).
+
+  Only the parameters used at `scale` are updated (MDSR); the others and their optimizer
+  state pass through bitwise unchanged, as in PyTorch.
+  """
   lr = batch["lr"].astype(jnp.float32)
   hr = batch["hr"].astype(jnp.float32)
 
@@ -70,8 +114,8 @@ def train_step(state: TrainState, batch, *, model, tx, scale: int):
     return jnp.mean(jnp.abs(sr - hr))
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  params, opt_state = tx.update(grads, state.opt_state, state.params, state.step,
+                                models.active_params(state.params, scale))
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, {"loss": loss}
 
@@ -139,6 +183,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     state = checkpoint.restore_state(manager, state)
     logging.info("resumed from %s at step %d", checkpoint.checkpoint_dir(workdir),
                  int(state.step))
+  elif config.init_from:
+    state = init_from_checkpoint(state, config.init_from, tx, mesh)
+    logging.info("initialised all but the upsampler from %s", config.init_from)
   start_step = int(state.step)
   if is_chief:
     (workdir / "config.json").write_text(config.to_json(indent=2))

@@ -40,3 +40,21 @@ def read_scalars(path: pathlib.Path, tag: str) -> dict[int, float]:
 @pytest.fixture
 def scalars():
   return read_scalars
+
+
+def count_compiles(fn, name: str) -> int:
+  """How many XLA compilations of functions whose name contains `name` `fn()` triggers."""
+  import jax
+
+  names = []
+
+  def listener(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      names.append(kwargs.get("fun_name", ""))
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    fn()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return sum(name in n for n in names)
