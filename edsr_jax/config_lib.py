@@ -37,6 +37,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_checkpoints_to_keep = 3
   c.num_image_summaries = 2  # validation crops written to TensorBoard
   c.prefetch_batches = 2  # batches prepared ahead of the train step
+  # Steps with a non-finite loss are skipped; this many in a row stop the run.
+  c.max_nonfinite_steps = 10
   # A training workdir or checkpoint to start from (e.g. x3/x4 EDSR from a trained x2):
   # every parameter but the upsampler is copied; used only when `workdir` has no checkpoint.
   c.init_from = ""
@@ -107,7 +109,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
 
   for key in ("batch_size", "patch_size", "num_train_steps", "lr_decay_steps",
               "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-              "max_checkpoints_to_keep", "prefetch_batches", "model.num_blocks",
+              "max_checkpoints_to_keep", "prefetch_batches", "max_nonfinite_steps",
+              "model.num_blocks",
               "model.num_features", "data.max_val_images"):
     positive_int(key)
   need(isinstance(config.seed, int), "seed", "an integer")

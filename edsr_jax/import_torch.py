@@ -146,8 +146,8 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, *,
   params = torch_weights.to_flax_params(state, arch)
   _check_against_model(params, config)
 
-  # Imported only now: train pulls in TensorFlow (through CLU's writers), seconds that a
-  # refused file should not wait for.
+  # Imported only now: train pulls in optax and the data pipeline, seconds that a refused
+  # file should not wait for.
   from edsr_jax import train
 
   # The same layout as train.create_train_state: replicated on the device mesh.
@@ -155,7 +155,7 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, *,
   replicated = NamedSharding(train.make_mesh(), P())
   params = jax.device_put(params, replicated)
   train_state = jax.jit(
-      lambda p: train.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p)),
+      lambda p: train.new_train_state(p, tx),
       out_shardings=replicated)(params)
 
   ckpt_dir = checkpoint.checkpoint_dir(output)

@@ -4,11 +4,15 @@
       --config.data.train_dir=/data/DIV2K --config.num_train_steps=1000
 
 Any config value can be overridden with `--config.<key>=<value>`; re-running with the
-same --workdir resumes from its latest checkpoint.
+same --workdir resumes from its latest checkpoint. Several hosts: on Cloud TPU run the
+same command on every worker (JAX finds the others); elsewhere add
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each process.
 """
 
+import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -18,17 +22,36 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs.")
 config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
                                 lock_config=True)
+flags.DEFINE_string("coordinator_address", None,
+                    "HOST:PORT of process 0, for multi-process runs outside Cloud TPU.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed() -> None:
+  """Connects the processes of a multi-host run; a single process needs nothing."""
+  explicit = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if any(v is not None for v in explicit):
+    if any(v is None for v in explicit):
+      raise app.UsageError("--coordinator_address, --num_processes and --process_id go "
+                           "together")
+    jax.distributed.initialize(*explicit)
+  elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):  # a multi-worker Cloud TPU VM
+    jax.distributed.initialize()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logs.quiet_library_logs()
+  initialize_distributed()
+  logging.info("process %d of %d, %d local devices of %d", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
   logging.info("config:\n%s", FLAGS.config)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (config_lib.ConfigError, image_io.ImageError) as e:
+  except (config_lib.ConfigError, image_io.ImageError, FloatingPointError) as e:
     sys.exit(f"error: {e}")  # a bad input, not a bug: the message says what to fix
 
 

@@ -7,6 +7,8 @@ all-reduce. The loop never waits on the device except to fetch logged metrics ev
 """
 
 import functools
+import signal
+import threading
 from typing import Any
 
 import flax
@@ -17,6 +19,7 @@ import numpy as np
 import optax
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -30,6 +33,14 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  # Consecutive steps skipped for a non-finite loss or gradient (0 after a good step).
+  nonfinite_streak: jax.Array
+
+
+def new_train_state(params, tx) -> TrainState:
+  """Step 0 with fresh optimizer state."""
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(step=zero, params=params, opt_state=tx.init(params), nonfinite_streak=zero)
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
@@ -54,8 +65,7 @@ def create_train_state(config, model, tx, mesh, rng) -> TrainState:
   dummy = jnp.zeros((1, config.patch_size, config.patch_size, 3), jnp.float32)
 
   def init(rng):
-    params = model.init(rng, dummy, scale)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return new_train_state(model.init(rng, dummy, scale)["params"], tx)
 
   return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(rng)
 
@@ -104,7 +114,9 @@ def train_step(state: TrainState, batch, *, model, tx, scale: int):
   """One Adam step on the L1 loss (0..255 scale, as in the paper).
 
   Only the parameters used at `scale` are updated (MDSR); the others and their optimizer
-  state pass through bitwise unchanged, as in PyTorch.
+  state pass through bitwise unchanged, as in PyTorch. A step whose loss or gradient is
+  not finite changes nothing but the step count and `nonfinite_streak`, so a non-finite
+  update can never reach a checkpoint.
   """
   lr = batch["lr"].astype(jnp.float32)
   hr = batch["hr"].astype(jnp.float32)
@@ -116,8 +128,14 @@ def train_step(state: TrainState, batch, *, model, tx, scale: int):
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
   params, opt_state = tx.update(grads, state.opt_state, state.params, state.step,
                                 models.active_params(state.params, scale))
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-  return new_state, {"loss": loss}
+  finite = jnp.isfinite(loss) & jnp.all(
+      jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+  new_state = state.replace(
+      step=state.step + 1, params=keep(params, state.params),
+      opt_state=keep(opt_state, state.opt_state),
+      nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
+  return new_state, {"loss": loss, "finite": finite}
 
 
 def make_train_step(model, tx, mesh):
@@ -201,31 +219,81 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   step_fn = make_train_step(model, tx, mesh)
   predict = evaluation.make_predict_fn(model)
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
-  losses = []
+  preemption = PreemptionWatch()
+  pending = []  # per-step metrics (device arrays) since the last log
   batches = data.prefetch_batches(
       sampler, range(start_step, config.num_train_steps), scales, batch_sharding,
       config.prefetch_batches)
   for step, scale, batch in batches:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       state, step_metrics = step_fn(state, batch, scale=scale)
-    losses.append(step_metrics["loss"])
+    pending.append(step_metrics)
     done = step + 1
     is_last = done == config.num_train_steps
     if done % config.log_every_steps == 0 or is_last:
-      # The only host-device sync of the loop: fetch the losses since the last log.
-      loss = float(np.mean(jax.device_get(losses)))
-      losses = []
-      if not np.isfinite(loss):
-        raise FloatingPointError(f"training loss is {loss} at step {done}")
-      writer.write_scalars(done, {"train/loss": loss,
-                                  "train/learning_rate": float(schedule(step))})
+      # The only host-device sync of the loop: fetch the metrics since the last log.
+      fetched, streak = jax.device_get((pending, state.nonfinite_streak))
+      pending = []
+      _log_train_metrics(writer, done, fetched, float(schedule(step)))
+      if streak >= config.max_nonfinite_steps:
+        manager.wait_until_finished()
+        raise FloatingPointError(
+            f"the loss or gradients were not finite for {int(streak)} steps in a row "
+            f"(up to step {done}); those steps were skipped and nothing non-finite was "
+            f"saved. Latest checkpoint: step {manager.latest_step()}. Lower "
+            f"config.learning_rate or check the data.")
     report(done)
     if val_images is not None and (done % config.eval_every_steps == 0 or is_last):
       with report.timed("eval"):
         _write_validation(writer, done, predict, state.params, val_images, scales, config)
     if done % config.checkpoint_every_steps == 0 or is_last:
       checkpoint.save(manager, done, state, config)
+    elif preemption.reached(done):
+      checkpoint.save(manager, done, state, config)
+      logging.warning("preempted: saved a checkpoint at step %d; run the same command "
+                      "again to resume", done)
+      break
   manager.wait_until_finished()
   writer.flush()
+  preemption.close()
   return state
+
+
+def _log_train_metrics(writer, step: int, metrics: list[dict], learning_rate: float):
+  finite = np.array([m["finite"] for m in metrics])
+  losses = np.array([m["loss"] for m in metrics])[finite]
+  scalars = {"train/learning_rate": learning_rate,
+             "train/nonfinite_steps": int((~finite).sum())}
+  if losses.size:
+    scalars["train/loss"] = float(losses.mean())
+  writer.write_scalars(step, scalars)
+
+
+class PreemptionWatch:
+  """Notices SIGTERM (what a preempted VM or a cluster scheduler sends).
+
+  With several processes JAX's coordination service receives the signal and
+  `reached_preemption_sync_point` makes every process agree on the step to stop at. A
+  single process installs its own handler, restored by `close()`.
+  """
+
+  def __init__(self):
+    self._signalled = False
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+  def _on_signal(self, signum, frame):
+    del signum, frame
+    self._signalled = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 

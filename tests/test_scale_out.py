@@ -1,0 +1,182 @@
+"""Data parallelism over devices and processes, preemption and crashes, non-finite steps.
+
+Real subprocess runs of the CLI with real signals; multi-host is two real processes
+connected by jax.distributed on localhost.
+"""
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import read_scalars
+
+from edsr_jax import checkpoint, config_lib, inference, train
+
+ROOT = pathlib.Path(__file__).parent.parent
+TINY = [
+    "--config=configs/demo.py",
+    "--config.model.num_blocks=1",
+    "--config.model.num_features=8",
+    "--config.patch_size=16",
+    "--config.batch_size=8",
+    "--config.log_every_steps=1",
+    "--config.eval_every_steps=100000",
+    "--config.data.demo_train_images=('astronaut','rocket')",
+    "--config.data.demo_val_images=('chelsea',)",
+]
+
+
+def _cmd(workdir, steps, *extra):
+  return [sys.executable, "-m", "edsr_jax.main", *TINY, f"--workdir={workdir}",
+          f"--config.num_train_steps={steps}", *extra]
+
+
+def _env(devices=1):
+  return dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices))
+
+
+def _run(cmd, devices=1, timeout=300):
+  result = subprocess.run(cmd, cwd=ROOT, env=_env(devices), capture_output=True, text=True,
+                          timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def _params(workdir):
+  return jax.device_get(inference.load(str(workdir)).params)
+
+
+def _finished_steps(workdir):
+  ckpt = checkpoint.checkpoint_dir(workdir)
+  return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.exists() else []
+
+
+def test_eight_devices_match_one(tmp_path):
+  """Same global batch, same seed: same losses for 20 steps and the same parameters."""
+  for n in (1, 8):
+    _run(_cmd(tmp_path / str(n), 20, "--config.checkpoint_every_steps=20"), devices=n)
+  one, eight = (read_scalars(tmp_path / str(n), "train/loss") for n in (1, 8))
+  assert sorted(eight) == list(range(1, 21))
+  for step in one:
+    np.testing.assert_allclose(eight[step], one[step], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               _params(tmp_path / "1"), _params(tmp_path / "8"))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(workdir, steps):
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _cmd(workdir, steps, "--config.checkpoint_every_steps=5",
+           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+           f"--process_id={i}"),
+      cwd=ROOT, env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  try:
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, err in zip(procs, errors, strict=True):
+    assert p.returncode == 0, err[-3000:]
+  return errors
+
+
+def test_two_processes_match_one_process_and_resume(tmp_path):
+  _run(_cmd(tmp_path / "single", 10, "--config.checkpoint_every_steps=5"), devices=4)
+  errors = _two_processes(tmp_path / "multi", 6)
+  assert "process 0 of 2" in errors[0] and "process 1 of 2" in errors[1]
+  assert _finished_steps(tmp_path / "multi") == [5, 6]  # one checkpoint, written together
+  errors = _two_processes(tmp_path / "multi", 10)  # resume both processes
+  assert all("at step 6" in e for e in errors)
+  single = read_scalars(tmp_path / "single", "train/loss")
+  multi = read_scalars(tmp_path / "multi", "train/loss")  # only process 0 writes
+  assert sorted(multi) == list(range(1, 11))
+  for step in single:
+    np.testing.assert_allclose(multi[step], single[step], rtol=1e-5)
+  assert not list((tmp_path / "multi").glob("*/events.out.tfevents.*"))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               _params(tmp_path / "single"), _params(tmp_path / "multi"))
+
+
+def _start(workdir, steps, *extra):
+  return subprocess.Popen(_cmd(workdir, steps, *extra), cwd=ROOT, env=_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_checkpoint(proc, workdir, step):
+  deadline = time.time() + 240
+  while not any(s >= step for s in _finished_steps(workdir)):
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    assert time.time() < deadline
+    time.sleep(0.02)
+
+
+STEPS = 60
+
+
+@pytest.fixture(scope="module")
+def reference_params(tmp_path_factory):
+  """The parameters of an uninterrupted run (checkpoint frequency does not change them)."""
+  workdir = tmp_path_factory.mktemp("reference")
+  _run(_cmd(workdir, STEPS, f"--config.checkpoint_every_steps={STEPS}"))
+  return _params(workdir)
+
+
+def test_sigterm_saves_and_resumed_run_ends_bitwise_equal(tmp_path, reference_params):
+  steps = STEPS
+  workdir = tmp_path / "run"
+  proc = _start(workdir, steps, "--config.checkpoint_every_steps=10")
+  _wait_for_checkpoint(proc, workdir, 10)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  assert "preempted: saved a checkpoint at step" in err
+  stopped_at = max(_finished_steps(workdir))
+  assert 10 <= stopped_at < steps
+  _run(_cmd(workdir, steps, "--config.checkpoint_every_steps=10"))
+  jax.tree.map(np.testing.assert_array_equal, reference_params, _params(workdir))
+
+
+def test_sigkill_during_saves_resumes_from_a_complete_checkpoint(tmp_path, reference_params):
+  steps = STEPS
+  workdir = tmp_path / "run"
+  for kill_after in (3, 12):  # saves every step: the kill lands during one
+    proc = _start(workdir, steps, "--config.checkpoint_every_steps=1")
+    _wait_for_checkpoint(proc, workdir, kill_after)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+  latest_complete = max(_finished_steps(workdir))  # a step dir exists only once finalized
+  result = _run(_cmd(workdir, steps, "--config.checkpoint_every_steps=1"))
+  assert f"at step {latest_complete}" in result.stderr
+  assert max(_finished_steps(workdir)) == steps
+  jax.tree.map(np.testing.assert_array_equal, reference_params, _params(workdir))
+
+
+def test_nonfinite_steps_are_skipped_and_stop_the_run(tmp_path):
+  c = config_lib.load_config_file(ROOT / "configs" / "demo.py")
+  c.model.num_blocks, c.model.num_features = 1, 8
+  c.patch_size, c.batch_size = 16, 4
+  c.learning_rate = 1e30  # the first update makes the weights overflow the forward pass
+  c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps = 50, 1, 1
+  c.max_nonfinite_steps = 3
+  c.data.demo_train_images, c.data.demo_val_images = ("astronaut",), ("chelsea",)
+  with pytest.raises(FloatingPointError, match="not finite for 3 steps in a row"):
+    train.train_and_evaluate(c, str(tmp_path))
+  skipped = read_scalars(tmp_path, "train/nonfinite_steps")
+  assert sum(skipped.values()) >= 3 and skipped[1] == 0
+  for step in _finished_steps(tmp_path):
+    params = jax.device_get(inference.load(str(tmp_path / "checkpoints" / str(step))).params)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params)), step
