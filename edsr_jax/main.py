@@ -9,6 +9,7 @@ same command on every worker (JAX finds the others); elsewhere add
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each process.
 """
 
+import glob
 import os
 import sys
 
@@ -37,8 +38,15 @@ def initialize_distributed() -> None:
       raise app.UsageError("--coordinator_address, --num_processes and --process_id go "
                            "together")
     jax.distributed.initialize(*explicit)
-  elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):  # a multi-worker Cloud TPU VM
-    jax.distributed.initialize()
+  elif on_cloud_tpu_vm():
+    jax.distributed.initialize()  # finds the slice's workers itself (VM metadata / GKE env)
+
+
+def on_cloud_tpu_vm() -> bool:
+  # TPU chips show up as /dev/accel* (v2-v4) or /dev/vfio/* (v5e and later); GKE sets the
+  # worker list in the environment. On a single-host slice initialize() is harmless.
+  return bool(os.environ.get("TPU_WORKER_HOSTNAMES") or glob.glob("/dev/accel[0-9]*")
+              or glob.glob("/dev/vfio/[0-9]*"))
 
 
 def main(argv):
