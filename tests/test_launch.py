@@ -57,9 +57,11 @@ trap 'echo TERM > "$FAKE_OUT/got_term"; exit 0' TERM
 for a in "$@"; do printf '%s\\0' "$a"; done > "$FAKE_OUT/argv"
 echo $$ > "$FAKE_OUT/pid"
 pwd > "$FAKE_OUT/cwd"
+training() { [ "$1" = -m ] && [ -z "${FAKE_EXIT-}" ]; }
+if training "$@"; then echo "training output"; fi
+# Written last: the tests wait for this file, so everything above is in place by then.
 printf '%s' "${XLA_FLAGS-unset}" > "$FAKE_OUT/xla_flags"
-[ "$1" = -m ] && [ -z "${FAKE_EXIT-}" ] || exit 0
-echo "training output"
+training "$@" || exit 0
 while :; do sleep 0.05; done
 """
 
