@@ -12,9 +12,13 @@ Conventions, taken from the MATLAB scripts behind the EDSR/RCAN tables:
   `Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255` for R, G, B in 0..255. The
   reference script computes `rgb2ycbcr(im2double(img)) * 255`, i.e. Y is never rounded
   to an integer; rounding it moves Set5 PSNR by up to 0.24 dB.
-* Greyscale images (HxW or HxWx1): the single channel is its own Y. If one image of a
-  pair is grey and the other RGB, the RGB one is converted to Y and compared with the
-  grey channel (for PSNR in either colour mode, and for SSIM).
+* Greyscale images (HxW or HxWx1) are scored as the RGB image R = G = B = grey, which is
+  what the official EDSR code does (it replicates them on loading) and what our data
+  pipeline, `evaluate` and `upscale` feed the network. Their Y is therefore
+  16 + 219/255 * grey, and a grey image scores exactly as its replicated RGB version,
+  whichever of a pair is grey. (The MATLAB scripts behind some published tables take a
+  grey image as its own Y instead; on Set14 `bridge` that moves bicubic x2 Y-PSNR by
+  about 1.3 dB, so the Set14 mean by ~0.1 dB.)
 * "benchmark" convention (Set5, Set14, B100, Urban100): PSNR and SSIM on Y, `scale`
   pixels removed from every side.
 * "div2k" convention (DIV2K validation): PSNR on RGB (all three channels pooled into
@@ -63,8 +67,11 @@ def _check_image(image: np.ndarray, what: str) -> np.ndarray:
   raise ValueError(f"{what}: expected an HxW, HxWx1 or HxWx3 image, got shape {image.shape}")
 
 
-def _is_grey(image: np.ndarray) -> bool:
-  return image.ndim == 2 or image.shape[-1] == 1
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+  """Greyscale (HxW or HxWx1) as R = G = B; RGB unchanged."""
+  if image.ndim == 2:
+    image = image[..., None]
+  return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
 
 
 def rgb_to_y(image: np.ndarray) -> np.ndarray:
@@ -72,13 +79,9 @@ def rgb_to_y(image: np.ndarray) -> np.ndarray:
 
   Args:
     image: HxWx3 RGB on the 0..255 scale (uint8 or float), or a greyscale HxW / HxWx1
-      image, whose single channel is returned unchanged as its own Y.
+      image, taken as R = G = B (see the module docstring).
   """
-  image = _check_image(image, "rgb_to_y")
-  if image.ndim == 2:
-    return image.astype(np.float64)
-  if image.shape[-1] == 1:
-    return image[..., 0].astype(np.float64)
+  image = _as_rgb(_check_image(image, "rgb_to_y"))
   return 16.0 + image.astype(np.float64) @ _Y_WEIGHTS / 255.0
 
 
@@ -134,7 +137,7 @@ def _pair(sr: np.ndarray, hr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   hr = quantize(_check_image(hr, "hr"))
   if sr.shape[:2] != hr.shape[:2]:
     raise ValueError(f"sr shape {sr.shape} and hr shape {hr.shape} differ")
-  return sr, hr
+  return _as_rgb(sr), _as_rgb(hr)
 
 
 def _mse_to_psnr(mse: float) -> float:
@@ -150,8 +153,8 @@ def psnr(sr: np.ndarray, hr: np.ndarray, *, border: int, y_channel: bool = True)
     sr, hr: HxW, HxWx1 or HxWx3 images of the same height and width; uint8, or float on
       0..255 which is quantised with `quantize` first.
     border: pixels removed from every side before scoring.
-    y_channel: score MATLAB's float Y; otherwise all channels pooled into one MSE. A
-      pair with a greyscale member is always scored on Y (see the module docstring).
+    y_channel: score MATLAB's float Y; otherwise all channels pooled into one MSE.
+      Greyscale images count as R = G = B (see the module docstring).
 
   Returns:
     The PSNR, or `math.inf` when the (cropped) images are identical.
@@ -160,7 +163,7 @@ def psnr(sr: np.ndarray, hr: np.ndarray, *, border: int, y_channel: bool = True)
     ValueError: naming both shapes when the heights/widths differ.
   """
   sr, hr = _pair(sr, hr)
-  if y_channel or _is_grey(sr) or _is_grey(hr):
+  if y_channel:
     a, b = rgb_to_y(crop_border(sr, border)), rgb_to_y(crop_border(hr, border))
   else:
     a = crop_border(sr, border).astype(np.float64)
@@ -194,7 +197,7 @@ def _ssim_y(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def ssim(sr: np.ndarray, hr: np.ndarray, *, border: int) -> float:
-  """SSIM (Wang's ssim_index) on Y, or on the grey channel, after removing `border`.
+  """SSIM (Wang's ssim_index) on Y after removing `border`.
 
   Inputs as for `psnr`. Identical images give exactly 1.0.
   """

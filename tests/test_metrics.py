@@ -103,12 +103,13 @@ def test_rgb_to_y_matches_matlab_formula(rgb, expected_y):
   np.testing.assert_allclose(metrics.rgb_to_y(image.astype(np.float32)), y, atol=1e-12)
 
 
-def test_rgb_to_y_greyscale_is_its_own_channel():
+def test_rgb_to_y_greyscale_is_r_equals_g_equals_b():
   grey = _random_rgb((7, 9), seed=1)
+  want = 16 + (65.481 + 128.553 + 24.966) * grey.astype(np.float64) / 255
   for image in (grey, grey[..., None]):
     y = metrics.rgb_to_y(image)
     assert y.dtype == np.float64 and y.shape == (7, 9)
-    np.testing.assert_array_equal(y, grey.astype(np.float64))
+    np.testing.assert_allclose(y, want, atol=1e-12)
 
 
 def test_rgb_to_y_rejects_other_channel_counts():
@@ -244,7 +245,7 @@ def test_ssim_matches_slow_reference(seed):
   noise = rng.normal(0, 20, hr.shape)
   sr = np.clip(hr + noise, 0, 255).round().astype(np.uint8)
   got = metrics.ssim(sr, hr, border=0)
-  want = _slow_ssim(sr, hr)
+  want = _slow_ssim(16 + 219 * sr.astype(np.float64) / 255, 16 + 219 * hr.astype(np.float64) / 255)
   assert 0.0 < want < 1.0
   assert got == pytest.approx(want, abs=1e-10)
   # On RGB input both sides score Y, cropped by the border first.
@@ -283,40 +284,41 @@ def test_ssim_512_is_fast():
 # --- greyscale rules -------------------------------------------------------------------
 
 
-def test_greyscale_pairs_score_the_channel():
+def test_greyscale_pairs_score_as_replicated_rgb():
   rng = _rng(10)
   hr = rng.integers(0, 256, (30, 32), dtype=np.uint8)
   sr = np.clip(hr.astype(int) + rng.integers(-4, 5, hr.shape), 0, 255).astype(np.uint8)
   diff = sr[2:-2, 2:-2].astype(np.float64) - hr[2:-2, 2:-2]
-  want = 10 * math.log10(PEAK_SQ / np.mean(diff**2))
-  for y_channel in (True, False):
-    assert metrics.psnr(sr, hr, border=2, y_channel=y_channel) == pytest.approx(want, abs=1e-12)
-  # HxWx1 is the same image as HxW.
-  assert metrics.psnr(sr[..., None], hr[..., None], border=2) == pytest.approx(want, abs=1e-12)
+  # RGB mode: three equal channels, the grey MSE. Y mode: Y differences are 219/255 of it.
+  want_rgb = 10 * math.log10(PEAK_SQ / np.mean(diff**2))
+  want_y = 10 * math.log10(PEAK_SQ / np.mean((diff * 219 / 255) ** 2))
+  assert metrics.psnr(sr, hr, border=2, y_channel=False) == pytest.approx(want_rgb, abs=1e-12)
+  assert metrics.psnr(sr, hr, border=2) == pytest.approx(want_y, abs=1e-10)
+  # HxWx1 and the replicated RGB image are the same image as HxW.
+  rgb = lambda x: np.repeat(x[..., None], 3, axis=-1)  # noqa: E731
+  assert metrics.psnr(sr[..., None], hr[..., None], border=2) == pytest.approx(want_y, abs=1e-10)
   assert metrics.ssim(sr[..., None], hr, border=2) == metrics.ssim(sr, hr, border=2)
+  assert metrics.ssim(rgb(sr), hr, border=2) == metrics.ssim(sr, rgb(hr), border=2)
   for convention in metrics.CONVENTIONS:
-    result = metrics.evaluate_pair(sr[..., None], hr, scale=2, convention=convention)
-    border = 2 if convention == "benchmark" else 8
-    d = sr[border:-border, border:-border].astype(np.float64) - hr[border:-border, border:-border]
-    assert result["psnr"] == pytest.approx(10 * math.log10(PEAK_SQ / np.mean(d**2)), abs=1e-12)
+    assert metrics.evaluate_pair(sr[..., None], hr, scale=2, convention=convention) == (
+        metrics.evaluate_pair(rgb(sr), rgb(hr), scale=2, convention=convention))
 
 
-def test_grey_vs_rgb_compares_y_with_grey_channel():
+def test_grey_vs_rgb_compares_with_the_replicated_grey():
   rng = _rng(11)
   sr_rgb = rng.integers(0, 256, (30, 32, 3), dtype=np.uint8)
   hr_grey = rng.integers(0, 256, (30, 32), dtype=np.uint8)
   r, g, b = (sr_rgb[2:-2, 2:-2, c].astype(np.float64) for c in range(3))
   y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
-  want = 10 * math.log10(PEAK_SQ / np.mean((y - hr_grey[2:-2, 2:-2]) ** 2))
-  for y_channel in (True, False):  # A grey member forces Y even in RGB mode.
-    assert metrics.psnr(sr_rgb, hr_grey, border=2, y_channel=y_channel) == pytest.approx(
-      want, abs=1e-10
-    )
-    assert metrics.psnr(hr_grey, sr_rgb, border=2, y_channel=y_channel) == pytest.approx(
-      want, abs=1e-10
-    )
+  y_hr = 16 + 219 * hr_grey[2:-2, 2:-2].astype(np.float64) / 255
+  want = 10 * math.log10(PEAK_SQ / np.mean((y - y_hr) ** 2))
+  assert metrics.psnr(sr_rgb, hr_grey, border=2) == pytest.approx(want, abs=1e-10)
+  assert metrics.psnr(hr_grey, sr_rgb, border=2) == pytest.approx(want, abs=1e-10)
+  d = sr_rgb[2:-2, 2:-2].astype(np.float64) - hr_grey[2:-2, 2:-2, None]
+  assert metrics.psnr(sr_rgb, hr_grey, border=2, y_channel=False) == pytest.approx(
+    10 * math.log10(PEAK_SQ / np.mean(d**2)), abs=1e-10)
   assert metrics.ssim(sr_rgb, hr_grey, border=2) == pytest.approx(
-    _slow_ssim(y, hr_grey[2:-2, 2:-2]), abs=1e-10
+    _slow_ssim(y, y_hr), abs=1e-10
   )
 
 

@@ -1,0 +1,203 @@
+r"""Scores a trained checkpoint on the standard benchmarks, next to bicubic upscaling.
+
+Usage:
+  python -m edsr_jax.evaluate --checkpoint=runs/x2 --benchmark_dir=/data/benchmark \
+      [--datasets=Set5,Set14,B100,Urban100] [--scales=2,3,4] [--self_ensemble] \
+      [--output_json=scores.json] [--save_images=results] [--tile_size=N] [--max_images=N]
+
+Each dataset is `--benchmark_dir/<Set>/HR/<name>.png` with its LR inputs in
+`<Set>/LR_bicubic/X<s>/<name>x<s>.png` (the official EDSR layout). The name `DIV2K`
+means the DIV2K validation set: `--benchmark_dir` itself or `--benchmark_dir/DIV2K`
+holding `DIV2K_valid_HR/` and `DIV2K_valid_LR_bicubic/X<s>/`.
+
+Scores follow the paper's tables (`edsr_jax.metrics.evaluate_pair`): benchmark sets on
+the Y channel with `scale` border pixels removed, DIV2K on RGB with `scale + 6`. Greyscale
+images count as RGB with three equal channels, as in the official code. The bicubic row
+upscales the same LR files with MATLAB-compatible bicubic (uint8, as MATLAB's imresize).
+Only the scales the model serves are scored (`--scales` defaults to all of them).
+
+Prints a table (rows bicubic and the model, columns `<Set> x<s>` as PSNR/SSIM), progress
+per image on stderr. --output_json writes
+{"<Set>": {"x<s>": {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim"}}} (means over the
+images). --save_images writes `<dir>/<Set>/x<s>/<name>_x<s>_SR.png`, which
+`python -m edsr_jax.score --hr_dir=<Set>/HR --sr_dir=<dir>/<Set>/x<s> --scale=<s>` scores.
+Problems with the inputs end the run with a one-line message and exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+from edsr_jax import data, evaluation, image_io, inference, logs, metrics
+from edsr_jax.config_lib import ConfigError
+
+FLAGS = flags.FLAGS
+DEFAULT_DATASETS = ("Set5", "Set14", "B100", "Urban100")
+DIV2K = "DIV2K"
+SR_PATTERN = "{name}_x{scale}_SR.png"
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program, so importing this module defines no flags.
+  flags.DEFINE_string("checkpoint", None, "Training workdir or checkpoint step directory.",
+                      required=True)
+  flags.DEFINE_string("benchmark_dir", None, "Folder holding the datasets.", required=True)
+  flags.DEFINE_list("datasets", list(DEFAULT_DATASETS), "Datasets to score (folder names).")
+  flags.DEFINE_list("scales", None, "Scales to score; default all the model serves.")
+  flags.DEFINE_bool("self_ensemble", False, "Average the 8 flips/transposes (the '+' rows).")
+  flags.DEFINE_string("output_json", None, "Optional path of a JSON summary.")
+  flags.DEFINE_string("save_images", None, "Optional folder for the SR images.")
+  flags.DEFINE_integer("tile_size", None, "Tile side in LR pixels; default automatic.",
+                       lower_bound=0)
+  flags.DEFINE_integer("max_images", None, "Score only the first N images of each set.",
+                       lower_bound=1)
+
+
+class EvaluateError(Exception):
+  """An input problem reported as one line, without a traceback."""
+
+
+def _log(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+def dataset_root(benchmark_dir: pathlib.Path, name: str) -> pathlib.Path:
+  """The folder of dataset `name`; an error listing the datasets that do exist."""
+  if name == DIV2K:
+    for root in (benchmark_dir, benchmark_dir / DIV2K):
+      if (root / "DIV2K_valid_HR").is_dir():
+        return root
+    raise EvaluateError(f"no DIV2K validation set: neither {benchmark_dir} nor "
+                        f"{benchmark_dir / DIV2K} holds DIV2K_valid_HR/")
+  root = benchmark_dir / name
+  if not root.is_dir():
+    present = sorted(p.name for p in benchmark_dir.iterdir() if p.is_dir())
+    raise EvaluateError(f"dataset {name}: no folder {root}; {benchmark_dir} holds "
+                        f"{', '.join(present) if present else 'no folders'}")
+  return root
+
+
+def parse_scales(values, served: tuple[int, ...]) -> tuple[int, ...]:
+  if not values:
+    return served
+  try:
+    wanted = tuple(int(v) for v in values)
+  except ValueError:
+    raise EvaluateError(f"--scales must be integers, got {','.join(values)}") from None
+  scales = tuple(s for s in wanted if s in served)
+  if not scales:
+    raise EvaluateError(f"the model serves {', '.join(f'x{s}' for s in served)}, none of "
+                        f"--scales={','.join(values)}")
+  skipped = [s for s in wanted if s not in served]
+  if skipped:
+    _log(f"evaluate: skipping {', '.join(f'x{s}' for s in skipped)}: not served by the model")
+  return scales
+
+
+def score_dataset(upscaler, name: str, images: data.SRImages, scale: int, convention: str,
+                  *, self_ensemble: bool, tile_size, save_dir: pathlib.Path | None) -> dict:
+  """Mean PSNR/SSIM of the model and of bicubic over one dataset at one scale."""
+  rows = []
+  for i, image_name in enumerate(images.names):
+    start = time.perf_counter()
+    lr, hr = images.pair(i, scale)
+    sr = upscaler.upscale(lr, scale, self_ensemble=self_ensemble, tile_size=tile_size)
+    bicubic = evaluation.bicubic_upscale(lr, scale)
+    model_scores = metrics.evaluate_pair(sr, hr, scale=scale, convention=convention)
+    bicubic_scores = metrics.evaluate_pair(bicubic, hr, scale=scale, convention=convention)
+    rows.append({**model_scores, **{f"bicubic_{k}": v for k, v in bicubic_scores.items()}})
+    if save_dir is not None:
+      image_io.write_image(save_dir / SR_PATTERN.format(name=image_name, scale=scale), sr)
+    _log(f"{name} x{scale} [{i + 1}/{len(images)}] {image_name}: "
+         f"{model_scores['psnr']:.2f} dB / {model_scores['ssim']:.4f} "
+         f"(bicubic {bicubic_scores['psnr']:.2f} / {bicubic_scores['ssim']:.4f}, "
+         f"{time.perf_counter() - start:.1f} s)")
+  keys = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
+  return {k: float(np.mean([row[k] for row in rows])) for k in keys}
+
+
+def format_table(results: dict, model_label: str) -> str:
+  """Rows bicubic and the model; one `PSNR/SSIM` column per dataset and scale."""
+  columns = [(name, key) for name, by_scale in results.items() for key in by_scale]
+  headers = [f"{name} {key}" for name, key in columns]
+  label_width = max(len("Bicubic"), len(model_label))
+  cells = {
+      "Bicubic": [f"{results[n][k]['bicubic_psnr']:.2f}/{results[n][k]['bicubic_ssim']:.4f}"
+                  for n, k in columns],
+      model_label: [f"{results[n][k]['psnr']:.2f}/{results[n][k]['ssim']:.4f}"
+                    for n, k in columns],
+  }
+  widths = [max(len(h), 12) for h in headers]
+  lines = [" | ".join([f"{'Method':<{label_width}}"] +
+                      [f"{h:^{w}}" for h, w in zip(headers, widths, strict=True)])]
+  lines.append("-+-".join(["-" * label_width] + ["-" * w for w in widths]))
+  for label, row in cells.items():
+    lines.append(" | ".join([f"{label:<{label_width}}"] +
+                            [f"{c:^{w}}" for c, w in zip(row, widths, strict=True)]))
+  return "\n".join(lines)
+
+
+def run() -> dict:
+  logs.quiet_library_logs()
+  benchmark_dir = pathlib.Path(FLAGS.benchmark_dir)
+  if not benchmark_dir.is_dir():
+    raise EvaluateError(f"--benchmark_dir {benchmark_dir} is not an existing folder")
+  if not FLAGS.datasets:
+    raise EvaluateError("--datasets is empty")
+  # Every dataset folder is checked before anything slow happens.
+  roots = {name: dataset_root(benchmark_dir, name) for name in FLAGS.datasets}
+  try:
+    upscaler = inference.load(FLAGS.checkpoint)
+  except inference.CheckpointError as e:
+    raise EvaluateError(str(e)) from None
+  scales = parse_scales(FLAGS.scales, upscaler.scales)
+  _log(f"evaluate: {upscaler}; {', '.join(roots)} at {', '.join(f'x{s}' for s in scales)}"
+       f"{' with self-ensemble' if FLAGS.self_ensemble else ''}")
+
+  results: dict[str, dict[str, dict]] = {}
+  for name, root in roots.items():
+    try:
+      images = data.load_folder(root, scales, split="valid", max_images=FLAGS.max_images)
+    except (ConfigError, image_io.ImageError) as e:
+      raise EvaluateError(f"dataset {name}: {e}") from None
+    convention = "div2k" if name == DIV2K else "benchmark"
+    for s in scales:
+      save_dir = None
+      if FLAGS.save_images:
+        save_dir = pathlib.Path(FLAGS.save_images) / name / f"x{s}"
+      results.setdefault(name, {})[f"x{s}"] = score_dataset(
+          upscaler, name, images, s, convention, self_ensemble=FLAGS.self_ensemble,
+          tile_size=FLAGS.tile_size, save_dir=save_dir)
+
+  step = pathlib.Path(upscaler.source).name
+  label = (f"{upscaler.config.model.name.upper()}{'+' if FLAGS.self_ensemble else ''} "
+           f"(step {step})")
+  print(format_table(results, label))
+  if FLAGS.output_json:
+    out = pathlib.Path(FLAGS.output_json)
+    try:
+      out.parent.mkdir(parents=True, exist_ok=True)
+      out.write_text(json.dumps(results, indent=2) + "\n")
+    except OSError as e:
+      raise EvaluateError(f"cannot write --output_json {out}: {e}") from None
+  return results
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    run()
+  except EvaluateError as e:
+    sys.exit(f"evaluate: error: {' '.join(str(e).split())}")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)
