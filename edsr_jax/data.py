@@ -13,6 +13,8 @@ its own rows from it, so the batch is also the same whatever the number of proce
 
 import concurrent.futures
 import dataclasses
+import functools
+import hashlib
 import os
 import pathlib
 import queue
@@ -138,11 +140,41 @@ def _read_pair(layout: FolderLayout, hr_file: pathlib.Path, scales):
   return hr, lrs
 
 
+def _read_pair_cached(layout: FolderLayout, hr_file: pathlib.Path, scales, cache_dir):
+  """_read_pair through a folder of decoded .npy files, returned memory-mapped.
+
+  Memory-mapped arrays live in the OS page cache: a host holds only the pages patches
+  are cut from, not the whole decoded set. Entries are keyed by the files' path, size
+  and modification time, so an edited image is decoded again.
+  """
+  key_parts = [hr_file] + [layout.lr_file(hr_file, s) for s in scales]
+  key = hashlib.sha1(repr([(str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                           for p in key_parts if p is not None and p.exists()]
+                          + list(scales)).encode()).hexdigest()[:16]
+  names = {"hr": f"{hr_file.stem}-{key}-hr.npy",
+           **{s: f"{hr_file.stem}-{key}-x{s}.npy" for s in scales}}
+  paths = {k: pathlib.Path(cache_dir) / v for k, v in names.items()}
+  if not all(p.exists() for p in paths.values()):
+    hr, lrs = _read_pair(layout, hr_file, scales)
+    for k, array in [("hr", hr), *lrs.items()]:
+      tmp = paths[k].with_suffix(f".tmp{os.getpid()}.npy")
+      np.save(tmp, array)
+      tmp.replace(paths[k])  # atomic: a killed run never leaves a half-written entry
+  load = functools.partial(np.load, mmap_mode="r")
+  return load(paths["hr"]), {s: load(paths[s]) for s in scales}
+
+
 def load_folder(path: str | os.PathLike, scales: Sequence[int], split: str = "train",
-                max_images: int | None = None) -> SRImages:
+                max_images: int | None = None, cache_dir: str = "") -> SRImages:
+  """Images of a folder (see `resolve_layout`), decoded into memory or, with
+  `cache_dir`, into .npy files there that are memory-mapped."""
   layout = resolve_layout(path, split)
   files = image_io.list_images(layout.hr_dir)[:max_images]
-  pairs = _map(lambda f: _read_pair(layout, f, scales), files)
+  if cache_dir:
+    pathlib.Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    pairs = _map(lambda f: _read_pair_cached(layout, f, scales, cache_dir), files)
+  else:
+    pairs = _map(lambda f: _read_pair(layout, f, scales), files)
   return SRImages([f.stem for f in files], [hr for hr, _ in pairs],
                   {s: [lrs[s] for _, lrs in pairs] for s in scales})
 
@@ -154,7 +186,7 @@ def load_train_images(config, scales) -> SRImages:
     from edsr_jax import tfds_data  # imports TensorFlow, so only for this source
 
     return tfds_data.load_for_config(config, scales, "train")
-  return load_folder(config.data.train_dir, scales, "train")
+  return load_folder(config.data.train_dir, scales, "train", cache_dir=config.data.cache_dir)
 
 
 def load_val_images(config, scales) -> SRImages | None:

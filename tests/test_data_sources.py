@@ -174,3 +174,26 @@ def test_truncated_png_fails_before_training(tmp_path):
   with pytest.raises(ImageError, match=r"a\.png: not a readable image"):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_memory_mapped_cache_gives_the_same_images_and_batches(tmp_path):
+  hr_dir, cache = tmp_path / "hr", tmp_path / "cache"
+  for i, (h, w) in enumerate([(60, 48), (50, 70)]):
+    _save(hr_dir / f"{i}.png", _rgb(h, w))
+  in_memory = data.load_folder(hr_dir, [2, 3])
+  first = data.load_folder(hr_dir, [2, 3], cache_dir=str(cache))  # decodes and writes
+  again = data.load_folder(hr_dir, [2, 3], cache_dir=str(cache))  # reads the cache
+  assert len(list(cache.glob("*.npy"))) == 2 * 3 and not list(cache.glob("*tmp*"))
+  for images in (first, again):
+    assert all(isinstance(x, np.memmap) for x in images.hr + images.lr[2] + images.lr[3])
+    for a, b in zip(images.hr + images.lr[2] + images.lr[3],
+                    in_memory.hr + in_memory.lr[2] + in_memory.lr[3], strict=True):
+      np.testing.assert_array_equal(a, b)
+  batch = lambda images: data.PatchSampler(  # noqa: E731
+      images, scales=[2], patch_size=16, global_batch=4, seed=3).batch(5, 2)
+  for key in ("lr", "hr"):
+    np.testing.assert_array_equal(batch(again)[key], batch(in_memory)[key])
+  # An edited image is decoded again, not served stale from the cache.
+  _save(hr_dir / "0.png", _rgb(60, 48)[::-1].copy())
+  edited = data.load_folder(hr_dir, [2], cache_dir=str(cache))
+  np.testing.assert_array_equal(edited.hr[0], _read(hr_dir / "0.png"))
