@@ -47,7 +47,10 @@ def _define_flags() -> None:
   # Defined only when run as a program, so importing this module defines no flags.
   flags.DEFINE_string("checkpoint", None, "Training workdir or checkpoint step directory.",
                       required=True)
-  flags.DEFINE_string("benchmark_dir", None, "Folder holding the datasets.", required=True)
+  flags.DEFINE_string("benchmark_dir", None, "Folder holding the datasets (not needed for "
+                      "DIV2K read through --tfds_data_dir).")
+  flags.DEFINE_string("tfds_data_dir", None, "Read DIV2K's validation split from TFDS "
+                      "(div2k/bicubic_x<s>, prepared there) instead of folders.")
   flags.DEFINE_list("datasets", list(DEFAULT_DATASETS), "Datasets to score (folder names).")
   flags.DEFINE_list("scales", None, "Scales to score; default all the model serves.")
   flags.DEFINE_bool("self_ensemble", False, "Average the 8 flips/transposes (the '+' rows).")
@@ -143,27 +146,41 @@ def format_table(results: dict, model_label: str) -> str:
   return "\n".join(lines)
 
 
+def _from_tfds(name: str) -> bool:
+  return name == DIV2K and bool(FLAGS.tfds_data_dir)
+
+
 def run() -> dict:
   logs.quiet_library_logs()
-  benchmark_dir = pathlib.Path(FLAGS.benchmark_dir)
-  if not benchmark_dir.is_dir():
-    raise EvaluateError(f"--benchmark_dir {benchmark_dir} is not an existing folder")
   if not FLAGS.datasets:
     raise EvaluateError("--datasets is empty")
-  # Every dataset folder is checked before anything slow happens.
-  roots = {name: dataset_root(benchmark_dir, name) for name in FLAGS.datasets}
+  roots = {}
+  if not all(_from_tfds(name) for name in FLAGS.datasets):
+    benchmark_dir = pathlib.Path(FLAGS.benchmark_dir or "")
+    if not FLAGS.benchmark_dir or not benchmark_dir.is_dir():
+      raise EvaluateError(f"--benchmark_dir {FLAGS.benchmark_dir!r} is not an existing folder")
+    # Every dataset folder is checked before anything slow happens.
+    roots = {name: dataset_root(benchmark_dir, name) for name in FLAGS.datasets
+             if not _from_tfds(name)}
   try:
     upscaler = inference.load(FLAGS.checkpoint)
   except inference.CheckpointError as e:
     raise EvaluateError(str(e)) from None
   scales = parse_scales(FLAGS.scales, upscaler.scales)
-  _log(f"evaluate: {upscaler}; {', '.join(roots)} at {', '.join(f'x{s}' for s in scales)}"
+  _log(f"evaluate: {upscaler}; {', '.join(FLAGS.datasets)} at {', '.join(f'x{s}' for s in scales)}"
        f"{' with self-ensemble' if FLAGS.self_ensemble else ''}")
 
   results: dict[str, dict[str, dict]] = {}
-  for name, root in roots.items():
+  for name in FLAGS.datasets:
     try:
-      images = data.load_folder(root, scales, split="valid", max_images=FLAGS.max_images)
+      if _from_tfds(name):
+        from edsr_jax import tfds_data  # imports TensorFlow: only when asked for
+
+        images = tfds_data.load("div2k/bicubic_x{scale}", scales, "valid",
+                                data_dir=FLAGS.tfds_data_dir, max_images=FLAGS.max_images)
+      else:
+        images = data.load_folder(roots[name], scales, split="valid",
+                                  max_images=FLAGS.max_images)
     except (ConfigError, image_io.ImageError) as e:
       raise EvaluateError(f"dataset {name}: {e}") from None
     convention = "div2k" if name == DIV2K else "benchmark"

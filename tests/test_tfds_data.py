@@ -11,6 +11,7 @@ and TFRecord writing all run for real.
 """
 
 import io
+import json
 import pathlib
 import re
 import shutil
@@ -23,8 +24,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from edsr_jax import config_lib, data, tfds_data
+from edsr_jax import config_lib, data, metrics, tfds_data
 from edsr_jax.config_lib import ConfigError
+from edsr_jax.imresize import imresize
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -249,3 +251,26 @@ def test_training_runs_on_the_prepared_dataset(div2k, tmp_path):
   losses = [float(x) for x in re.findall(r"train/loss=([-\d.e+]+)", result.stderr)]
   assert losses and all(np.isfinite(losses))
   assert (workdir / "checkpoints" / "10").is_dir()
+
+
+def test_evaluate_reads_div2k_validation_from_tfds(div2k, tmp_path):
+  """`evaluate --tfds_data_dir` scores the TFDS validation split (RGB, border scale + 6)."""
+  workdir = tmp_path / "run"
+  subprocess.run(
+      [sys.executable, "-m", "edsr_jax.main", "--config=configs/edsr_baseline_x2.py:runlocal",
+       "--config.model.num_blocks=1", "--config.model.num_features=8",
+       "--config.num_train_steps=2", f"--workdir={workdir}"],
+      cwd=REPO, check=True, capture_output=True, timeout=300)
+  out = tmp_path / "div2k.json"
+  result = subprocess.run(
+      [sys.executable, "-m", "edsr_jax.evaluate", f"--checkpoint={workdir}", "--datasets=DIV2K",
+       f"--tfds_data_dir={div2k['data_dir']}", f"--output_json={out}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  scores = json.loads(out.read_text())["DIV2K"]["x2"]
+  # The bicubic row, recomputed here from the validation images TFDS holds.
+  images = tfds_data.load("div2k/bicubic_x2", [2], "valid", data_dir=str(div2k["data_dir"]))
+  want = np.mean([metrics.evaluate_pair(imresize(lr, 2.0), hr, scale=2, convention="div2k")
+                  ["psnr"] for lr, hr in (images.pair(i, 2) for i in range(len(images)))])
+  assert scores["bicubic_psnr"] == pytest.approx(want, abs=1e-9)
+  assert np.isfinite(scores["psnr"]) and 0 < scores["ssim"] <= 1
