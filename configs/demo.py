@@ -20,7 +20,8 @@ def get_config(arg: str | None = None):
   c.data.demo_train_images = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right",
                               "camera", "coins", "brick", "grass", "gravel", "page", "text",
                               "clock", "moon")
-  c.data.demo_val_images = ("chelsea", "coffee")
+  # Held out: four photos of different kinds, none of them seen in training.
+  c.data.demo_val_images = ("chelsea", "coffee", "immunohistochemistry", "hubble_deep_field")
   c.data.val_convention = "benchmark"
   c.model.name = "edsr"
   c.model.scale = 2
