@@ -3,10 +3,11 @@
   make demo                      # or, inside the venv:
   python -m edsr_jax.demo --config=configs/demo.py --workdir=runs/demo
 
-Trains on astronaut, rocket, the two motorcycle views, immunohistochemistry, Hubble deep
-field and retina; validates on chelsea and coffee, which it never sees in training.
-Expected on a 2-core CPU: about 6 minutes of training, and the model beating bicubic
-upscaling on the held-out photos by about 2 dB (Y-PSNR, border 2); see README.md.
+Trains on 13 photos (astronaut, rocket, the two motorcycle views and nine greyscale
+ones copied to RGB) and validates on four it never sees: chelsea, coffee,
+immunohistochemistry and hubble_deep_field. Expected on a 2-core CPU: about 8 minutes
+of training (2,000 steps at ~4.3 steps/s), and the model beating bicubic upscaling on
+the held-out photos by about 1.6 dB Y-PSNR (border 2): 35.21 vs 33.60 dB measured.
 """
 
 from edsr_jax import config_lib

@@ -31,11 +31,13 @@ def report(config, state, workdir: epath.Path) -> dict:
   val_images = data.load_val_images(config, (scale,))
   means, per_image, outputs = evaluation.evaluate(
       predict, state.params, val_images, scale, config.data.val_convention)
+  rows = per_image + [{"name": "mean", **means}]
+  width = max(len(row["name"]) for row in rows)
   print(f"\nHeld-out images, x{scale}, Y-PSNR (border {scale}) / SSIM:")
-  print(f"{'image':<12} {'bicubic':>18} {'EDSR (this run)':>18}")
-  for row in per_image + [{"name": "mean", **means}]:
-    print(f"{row['name']:<12} {row['bicubic_psnr']:>9.2f} / {row['bicubic_ssim']:.4f}"
-          f" {row['psnr']:>9.2f} / {row['ssim']:.4f}")
+  print(f"{'image':<{width}} {'bicubic':>17} {'EDSR (this run)':>17}")
+  for row in rows:
+    print(f"{row['name']:<{width}} {row['bicubic_psnr']:>8.2f} / {row['bicubic_ssim']:.4f}"
+          f" {row['psnr']:>8.2f} / {row['ssim']:.4f}")
   print(f"gain over bicubic: {means['psnr'] - means['bicubic_psnr']:+.2f} dB")
   strips = [evaluation.comparison_strip(*out, scale=scale) for out in outputs]
   width = max(s.shape[1] for s in strips)
