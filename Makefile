@@ -1,5 +1,5 @@
 # The two commands a new user runs: `make demo` and `make test`.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 WORKDIR ?= runs/demo
 # Real benchmark data for the tests that need it (CI sets it to ../shared/data).
