@@ -109,13 +109,6 @@ while (($#)); do
   shift
 done
 
-require() {
-  local name
-  for name in "$@"; do
-    [[ -n ${FLAG[$name]:-} ]] || flag_error "--$name is required for '$COMMAND'"
-  done
-}
-
 if ((${#EXTRA[@]})) && [[ $COMMAND != train ]]; then
   flag_error "only 'train' takes arguments after --"
 fi

@@ -40,3 +40,11 @@ run() {
     "$@"
   fi
 }
+
+# Fails naming the first of the given flags that is unset (reads FLAG and COMMAND).
+require() {
+  local name
+  for name in "$@"; do
+    [[ -n ${FLAG[$name]:-} ]] || flag_error "--$name is required for '$COMMAND'"
+  done
+}
