@@ -197,8 +197,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   manager = checkpoint.make_manager(workdir, config.max_checkpoints_to_keep)
   if manager.latest_step() is not None:
-    checkpoint.check_same_model(checkpoint.restore_config(manager), config, str(workdir))
-    state = checkpoint.restore_state(manager, state)
+    latest = checkpoint.checkpoint_dir(workdir) / str(manager.latest_step())
+    try:
+      saved_config = checkpoint.restore_config(manager)
+      checkpoint.check_same_model(saved_config, config, str(workdir))
+      state = checkpoint.restore_state(manager, state)
+    except config_lib.ConfigError:
+      raise
+    except Exception as e:  # orbax / tensorstore errors: name the checkpoint, keep it
+      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise config_lib.ConfigError(
+          f"{latest}: cannot resume from this checkpoint, it is corrupt or incomplete "
+          f"({first_line[:300]}); move it out of {checkpoint.checkpoint_dir(workdir)} to "
+          "resume from the one before") from e
     logging.info("resumed from %s at step %d", checkpoint.checkpoint_dir(workdir),
                  int(state.step))
   elif config.init_from:

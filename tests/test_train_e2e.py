@@ -99,3 +99,21 @@ def test_resume_refuses_different_network(tmp_path):
   assert "holds a checkpoint of a different network" in other.stderr
   assert "model.num_features: checkpoint 8, config 16" in other.stderr
   assert _finished_steps(workdir) == [5]  # nothing already written is lost
+
+
+def test_corrupt_latest_checkpoint_is_a_clear_error_and_is_kept(tmp_path):
+  workdir = tmp_path / "run"
+  subprocess.run(_cmd(workdir, 10), cwd=ROOT, env=_env(), check=True, capture_output=True,
+                 timeout=300)
+  latest = pathlib.Path(checkpoint.checkpoint_dir(workdir)) / "10"
+  data_files = [p for p in (latest / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+  assert data_files
+  for p in data_files:
+    p.write_bytes(p.read_bytes()[:16])
+  result = subprocess.run(_cmd(workdir, 20), cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode != 0
+  assert f"error: {latest}: cannot resume from this checkpoint" in result.stderr
+  # No traceback through our code (orbax may still print its own asyncio noise at exit).
+  assert 'edsr_jax/train.py", line' not in result.stderr
+  assert _finished_steps(workdir) == [5, 10]  # nothing already written is deleted
