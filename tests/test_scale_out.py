@@ -6,6 +6,7 @@ connected by jax.distributed on localhost.
 
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -180,3 +181,26 @@ def test_nonfinite_steps_are_skipped_and_stop_the_run(tmp_path):
   for step in _finished_steps(tmp_path):
     params = jax.device_get(inference.load(str(tmp_path / "checkpoints" / str(step))).params)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params)), step
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
+  """JAX's preemption sync: every process saves at the same step and exits cleanly."""
+  port = _free_port()
+  workdir = tmp_path / "run"
+  procs = [subprocess.Popen(
+      _cmd(workdir, 100_000, "--config.checkpoint_every_steps=10",
+           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+           f"--process_id={i}"),
+      cwd=ROOT, env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  try:
+    _wait_for_checkpoint(procs[0], workdir, 10)
+    procs[1].send_signal(signal.SIGTERM)  # only one process is told
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  assert [p.returncode for p in procs] == [0, 0], errors[1][-2000:]
+  steps = [int(re.search(r"preempted: saved a checkpoint at step (\d+)", e).group(1))
+           for e in errors]
+  assert steps[0] == steps[1] == max(_finished_steps(workdir))
