@@ -231,42 +231,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   predict = evaluation.make_predict_fn(model)
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
   preemption = PreemptionWatch()
-  pending = []  # per-step metrics (device arrays) since the last log
-  batches = data.prefetch_batches(
-      sampler, range(start_step, config.num_train_steps), scales, batch_sharding,
-      config.prefetch_batches)
-  for step, scale, batch in batches:
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      state, step_metrics = step_fn(state, batch, scale=scale)
-    pending.append(step_metrics)
-    done = step + 1
-    is_last = done == config.num_train_steps
-    if done % config.log_every_steps == 0 or is_last:
-      # The only host-device sync of the loop: fetch the metrics since the last log.
-      fetched, streak = jax.device_get((pending, state.nonfinite_streak))
-      pending = []
-      _log_train_metrics(writer, done, fetched, float(schedule(step)))
-      if streak >= config.max_nonfinite_steps:
-        manager.wait_until_finished()
-        raise FloatingPointError(
-            f"the loss or gradients were not finite for {int(streak)} steps in a row "
-            f"(up to step {done}); those steps were skipped and nothing non-finite was "
-            f"saved. Latest checkpoint: step {manager.latest_step()}. Lower "
-            f"config.learning_rate or check the data.")
-    report(done)
-    if val_images is not None and (done % config.eval_every_steps == 0 or is_last):
-      with report.timed("eval"):
-        _write_validation(writer, done, predict, state.params, val_images, scales, config)
-    if done % config.checkpoint_every_steps == 0 or is_last:
-      checkpoint.save(manager, done, state, config)
-    elif preemption.reached(done):
-      checkpoint.save(manager, done, state, config)
-      logging.warning("preempted: saved a checkpoint at step %d; run the same command "
-                      "again to resume", done)
-      break
+  try:
+    pending = []  # per-step metrics (device arrays) since the last log
+    batches = data.prefetch_batches(
+        sampler, range(start_step, config.num_train_steps), scales, batch_sharding,
+        config.prefetch_batches)
+    for step, scale, batch in batches:
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, step_metrics = step_fn(state, batch, scale=scale)
+      pending.append(step_metrics)
+      done = step + 1
+      is_last = done == config.num_train_steps
+      if done % config.log_every_steps == 0 or is_last:
+        # The only host-device sync of the loop: fetch the metrics since the last log.
+        fetched, streak = jax.device_get((pending, state.nonfinite_streak))
+        pending = []
+        _log_train_metrics(writer, done, fetched, float(schedule(step)))
+        if streak >= config.max_nonfinite_steps:
+          manager.wait_until_finished()
+          raise FloatingPointError(
+              f"the loss or gradients were not finite for {int(streak)} steps in a row "
+              f"(up to step {done}); those steps were skipped and nothing non-finite was "
+              f"saved. Latest checkpoint: step {manager.latest_step()}. Lower "
+              f"config.learning_rate or check the data.")
+      report(done)
+      if val_images is not None and (done % config.eval_every_steps == 0 or is_last):
+        with report.timed("eval"):
+          _write_validation(writer, done, predict, state.params, val_images, scales, config)
+      if done % config.checkpoint_every_steps == 0 or is_last:
+        checkpoint.save(manager, done, state, config)
+      elif preemption.reached(done):
+        checkpoint.save(manager, done, state, config)
+        logging.warning("preempted: saved a checkpoint at step %d; run the same command "
+                        "again to resume", done)
+        break
+  finally:
+    preemption.close()  # give SIGTERM back to whoever had it (e.g. a notebook)
   manager.wait_until_finished()
   writer.flush()
-  preemption.close()
   return state
 
 
