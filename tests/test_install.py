@@ -1,0 +1,96 @@
+"""The venv `make` builds holds exactly the lock, and the project imports from anywhere.
+
+`requirements.txt` / `requirements-test.txt` are the human-edited lists; `make lock`
+resolves them into `requirements.lock` / `requirements-test.lock`, which pin every
+package, transitive ones included; `make` installs the lock with --no-deps.
+"""
+
+import importlib.metadata
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==(\S+)$")
+# Installed with the venv itself, not from the lock (pip stays whatever the venv brings).
+NOT_LOCKED = {"pip", "edsr-jax"}
+
+
+def normalize(name: str) -> str:
+  return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_pins(path: pathlib.Path) -> dict[str, str]:
+  """{normalized name: version} of the `name==version` lines; anything else but comments,
+  blank lines and `-r file` is an error (a lock pins everything exactly)."""
+  pins = {}
+  for line in path.read_text().splitlines():
+    line = line.split("#", 1)[0].strip()
+    if not line or line.startswith("-r "):
+      continue
+    match = PIN.match(line)
+    assert match, f"{path.name}: {line!r} is not pinned with =="
+    pins[normalize(match[1])] = match[2]
+  return pins
+
+
+def installed() -> dict[str, str]:
+  return {
+    normalize(d.metadata["Name"]): d.version
+    for d in importlib.metadata.distributions()
+    if normalize(d.metadata["Name"]) not in NOT_LOCKED
+  }
+
+
+def test_venv_holds_exactly_the_test_lock():
+  lock = read_pins(REPO / "requirements-test.lock")
+  have = installed()
+  unpinned = sorted(f"{n}=={v}" for n, v in have.items() if n not in lock)
+  missing = sorted(f"{n}=={v}" for n, v in lock.items() if n not in have)
+  wrong = sorted(
+    f"{n}: {have[n]} installed, {v} locked" for n, v in lock.items() if n in have and have[n] != v
+  )
+  assert not (unpinned or missing or wrong), (
+    f"the venv differs from requirements-test.lock (run `make clean venv`, or `make lock` "
+    f"after editing requirements*.txt): installed but not locked {unpinned}; locked but "
+    f"not installed {missing}; other versions {wrong}"
+  )
+
+
+def test_locks_agree_with_the_requirements():
+  runtime, test = read_pins(REPO / "requirements.lock"), read_pins(REPO / "requirements-test.lock")
+  # The test lock is the runtime lock plus test tools, never another version of a package.
+  assert {n: test.get(n) for n in runtime} == runtime
+  for source, lock in (("requirements.txt", runtime), ("requirements-test.txt", test)):
+    for name, version in read_pins(REPO / source).items():
+      assert lock.get(name) == version, f"{source} pins {name}=={version}; run `make lock`"
+  # The lock carries transitive packages, not only the listed ones.
+  for transitive in ("tensorstore", "protobuf", "grpcio", "ml-dtypes"):
+    assert transitive in runtime
+
+
+def test_import_from_outside_the_checkout(tmp_path):
+  """`pip install -e .` (done by make): imports and the CLIs work from any folder."""
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  script = "import edsr_jax, edsr_jax.models, edsr_jax.inference; print(edsr_jax.__file__)"
+  result = subprocess.run(
+    [sys.executable, "-c", script],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 0, result.stderr
+  assert pathlib.Path(result.stdout.strip()).parent.name == "edsr_jax"
+  help_text = subprocess.run(
+    [sys.executable, "-m", "edsr_jax.score", "--help"],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert "--hr_dir" in help_text.stdout + help_text.stderr

@@ -1,0 +1,372 @@
+"""The README's commands, run as written from the root of a fresh copy of the checkout.
+
+Every command in the README's `sh` and `python` blocks is read out of README.md and must
+be claimed by exactly one entry of `COMMANDS` below, so a command added to or changed in
+the README without a test fails here. Each test runs its command's README text with the
+relative paths it has, in a real subprocess, from the root of a copy of this checkout
+(tracked and untracked-not-ignored files; `.venv` linked to this one's), so the runs
+never touch the developer's own `runs/`.
+
+What a test may change, and nothing else:
+- step counts, image counts and batch sizes, through flags or `make ... DEMO_ARGS=`,
+  appended after the README's own text;
+- placeholders for data a user brings: `/data/DIV2K` becomes a small DIV2K-layout folder
+  made of Set5 images, `/data/benchmark` a folder of the real benchmark sets,
+  `photo.png` a real photo, `edsr_baseline_x2-1bc95232.pt` a state_dict of the official
+  architecture written by `torch.save` (random weights);
+- the launch scripts get `--dry-run`: they drive Cloud TPU and GPU hosts.
+"""
+
+import json
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+TIMEOUT = 300
+
+# Placeholder in the README -> path relative to the copy's root, made by `readme_copy`.
+PLACEHOLDERS = {
+  "/data/DIV2K": "data/DIV2K",
+  "/data/benchmark": "data/benchmark",
+}
+
+
+def readme_commands() -> list[str]:
+  """Each command of the README's sh blocks (continuations joined, comments dropped) and
+  each python block whole."""
+  text = README.read_text()
+  commands = []
+  for lang, body in re.findall(r"^```(\w+)\n(.*?)^```", text, re.S | re.M):
+    if lang == "python":
+      commands.append(body.strip())
+    elif lang == "sh":
+      body = re.sub(r"\\\n\s*", "", body)
+      for line in body.splitlines():
+        line = re.sub(r"(^|\s)# .*$", "", line).strip()
+        if line:
+          commands.append(" ".join(line.split()))
+  return commands
+
+
+# Every README command: the start of its text -> what runs it (a test below), or why
+# nothing here can (said plainly, and the test that covers the same code path).
+COMMANDS = {
+  "make demo": "test_make_demo",
+  "make test": "not run from inside itself: `.ci/run` runs it on every submission",
+  ".venv/bin/python -m edsr_jax.main --config=configs/edsr_baseline_x2.py --workdir=runs/x2": (
+    "test_train_interrupt_and_resume"
+  ),
+  "--config.batch_size=64": "test_override_flags",
+  "from edsr_jax import config_lib, train": "test_notebook_training_snippet",
+  ".venv/bin/python -m edsr_jax.upscale": "test_upscale",
+  ".venv/bin/python -m edsr_jax.evaluate": "test_evaluate_then_score",
+  ".venv/bin/python -m edsr_jax.score": "test_evaluate_then_score",
+  ".venv/bin/python -m edsr_jax.import_torch": "test_import_torch",
+  "from edsr_jax import inference": "test_inference_snippet",
+  ".venv/bin/python -m edsr_jax.tfds_data": (
+    "downloads the 5 GB DIV2K archives; test_tfds_data prepares the real builder from tiny "
+    "archives instead"
+  ),
+  "gcloud storage cp": "Google Cloud's own CLI, not this project's",
+  "TPU=": "test_launch_blocks_dry_run",
+  "launch/": "test_launch_blocks_dry_run",
+  "tmux new": "tmux, not this project's",
+}
+
+
+def claim(command: str) -> str:
+  matches = [key for key in COMMANDS if command.startswith(key)]
+  assert len(matches) == 1, f"README command {command!r} is claimed by {matches or 'nothing'}"
+  return matches[0]
+
+
+def test_every_readme_command_is_claimed():
+  commands = readme_commands()
+  assert len(commands) >= 15, commands
+  claimed = {claim(c) for c in commands}
+  unused = set(COMMANDS) - claimed
+  assert not unused, f"COMMANDS lists what the README no longer has: {unused}"
+  tests = {v for v in COMMANDS.values() if v.startswith("test_")}
+  missing = [t for t in tests if t not in globals()]
+  assert not missing, missing
+
+
+def readme_command(start: str) -> str:
+  """The README's one command starting with `start`, placeholders replaced."""
+  (command,) = [c for c in readme_commands() if c.startswith(start)]
+  for placeholder, path in PLACEHOLDERS.items():
+    command = command.replace(placeholder, path)
+  return command
+
+
+def _copy_checkout(dest: pathlib.Path) -> None:
+  files = subprocess.run(
+    ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+    cwd=REPO,
+    capture_output=True,
+    check=True,
+  ).stdout.split(b"\0")
+  for name in filter(None, files):
+    src = REPO / os.fsdecode(name)
+    if src.is_file():
+      (dest / src.relative_to(REPO)).parent.mkdir(parents=True, exist_ok=True)
+      shutil.copy2(src, dest / src.relative_to(REPO))
+
+
+def _div2k_layout(root: pathlib.Path, benchmark: pathlib.Path) -> None:
+  """DIV2K as unpacked (HR and MATLAB-made x2 LR), from Set5: 3 train, 2 validation."""
+  names = ["baby", "bird", "butterfly", "head", "woman"]
+  for i, name in enumerate(names):
+    split, number = ("train", i + 1) if i < 3 else ("valid", 801 + i - 3)
+    hr, lr = root / f"DIV2K_{split}_HR", root / f"DIV2K_{split}_LR_bicubic" / "X2"
+    hr.mkdir(parents=True, exist_ok=True)
+    lr.mkdir(parents=True, exist_ok=True)
+    shutil.copy(benchmark / "Set5" / "HR" / f"{name}.png", hr / f"{number:04d}.png")
+    shutil.copy(
+      benchmark / "Set5" / "LR_bicubic" / "X2" / f"{name}x2.png", lr / f"{number:04d}x2.png"
+    )
+
+
+@pytest.fixture(scope="module")
+def readme_copy(tmp_path_factory, shared_data):
+  """A copy of the checkout with the README's placeholders made real."""
+  venv = REPO / ".venv"
+  if not (venv / "bin" / "python").exists():
+    pytest.skip("no .venv: run `make test`")
+  root = tmp_path_factory.mktemp("checkout")
+  _copy_checkout(root)
+  os.symlink(venv, root / ".venv")
+  benchmark = shared_data / "benchmark"
+  _div2k_layout(root / "data" / "DIV2K", benchmark)
+  (root / "data" / "benchmark").mkdir(parents=True)
+  for name in ("Set5", "Set14", "B100"):
+    os.symlink(benchmark / name, root / "data" / "benchmark" / name)
+  # Urban100 is not among the shared sets: two Set14 images stand in under its name.
+  urban = root / "data" / "benchmark" / "Urban100"
+  for sub, suffix in (("HR", ""), ("LR_bicubic/X2", "x2")):
+    (urban / sub).mkdir(parents=True)
+    for name in ("barbara", "comic"):
+      shutil.copy(benchmark / "Set14" / sub / f"{name}{suffix}.png", urban / sub)
+  shutil.copy(benchmark / "Set5" / "LR_bicubic" / "X2" / "butterflyx2.png", root / "photo.png")
+  return root
+
+
+def run(root, command: str, *extra: str, timeout=TIMEOUT, check=True):
+  """Runs a README command line (shell syntax, as a user types it) with `extra` appended."""
+  line = command + "".join(" " + shlex.quote(e) for e in extra)
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MAKEFLAGS", "MFLAGS")}
+  result = subprocess.run(
+    ["bash", "-c", line], cwd=root, capture_output=True, text=True, timeout=timeout, env=env
+  )
+  if check:
+    assert result.returncode == 0, (
+      f"{line}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    )
+  assert "Traceback" not in result.stderr, result.stderr
+  return result
+
+
+def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
+  return sorted(int(p.name) for p in (workdir / "checkpoints").glob("[0-9]*") if p.is_dir())
+
+
+@pytest.fixture(scope="module")
+def demo_run(readme_copy):
+  """`make demo` as the README has it, with fewer steps."""
+  make = readme_command("make demo")
+  args = (
+    "--config.num_train_steps=20 --config.checkpoint_every_steps=10 --config.eval_every_steps=20"
+  )
+  return run(readme_copy, make, f"DEMO_ARGS={args}")
+
+
+def test_make_demo(readme_copy, demo_run):
+  workdir = readme_copy / "runs" / "demo"  # the Makefile's relative default
+  assert checkpoint_steps(workdir) == [10, 20]
+  assert (workdir / "comparison.png").stat().st_size > 0
+  assert list(workdir.glob("events.out.tfevents.*"))
+  results = json.loads((workdir / "demo_results.json").read_text())
+  assert len(results["per_image"]) == 4 and results["psnr"] > 20
+  assert "gain over bicubic" in demo_run.stdout
+
+
+TRAIN = ".venv/bin/python -m edsr_jax.main --config=configs/edsr_baseline_x2.py --workdir=runs/x2"
+SMALL_TRAIN = (
+  "--config.num_train_steps=30",
+  "--config.batch_size=2",
+  "--config.checkpoint_every_steps=3",
+  "--config.log_every_steps=3",
+)
+
+
+@pytest.fixture(scope="module")
+def x2_run(readme_copy):
+  """The README's training command: started, interrupted after its first checkpoint, and
+  started again with the same command, which resumes and finishes."""
+  command = readme_command(TRAIN)
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  line = command + " " + " ".join(SMALL_TRAIN)
+  workdir = readme_copy / "runs" / "x2"
+  first = subprocess.Popen(
+    ["bash", "-c", "exec " + line],
+    cwd=readme_copy,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  deadline = time.monotonic() + TIMEOUT
+  while not checkpoint_steps(workdir) and first.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.2)
+  first.send_signal(signal.SIGTERM)  # what a scheduler or `kill` sends
+  _, first_err = first.communicate(timeout=TIMEOUT)
+  assert "Traceback" not in first_err, first_err
+  interrupted_at = max(checkpoint_steps(workdir))
+  assert interrupted_at < 30, "the first run was not interrupted"
+  second = run(readme_copy, command, *SMALL_TRAIN)
+  return interrupted_at, second
+
+
+def test_train_interrupt_and_resume(readme_copy, x2_run):
+  interrupted_at, second = x2_run
+  log = second.stderr
+  assert re.search(rf"resumed from \S*runs/x2/checkpoints at step {interrupted_at}\b", log), log
+  assert max(checkpoint_steps(readme_copy / "runs" / "x2")) == 30
+  assert (readme_copy / "runs" / "x2" / "config.json").is_file()
+
+
+def test_override_flags(readme_copy):
+  """The README's example overrides parse and pass validation on the command line."""
+  (flags,) = [c for c in readme_commands() if c.startswith("--config.batch_size=64")]
+  script = (
+    "import sys\n"
+    "from absl import flags\n"
+    "from ml_collections import config_flags\n"
+    "from edsr_jax import config_lib\n"
+    "c = config_flags.DEFINE_config_file('config')\n"
+    "flags.DEFINE_string('workdir', None, '')\n"
+    "flags.FLAGS(sys.argv)\n"
+    "config_lib.validate(c.value, 1)\n"
+    "print(c.value.batch_size, c.value.model.num_blocks, c.value.model.dtype)\n"
+  )
+  # With the training command's config and data flags, which the overrides go after.
+  train = readme_command(TRAIN).split(" ", 3)[-1]
+  result = run(readme_copy, f".venv/bin/python -c {shlex.quote(script)} {train} {flags}")
+  assert result.stdout.split() == ["64", "8", "bfloat16"]
+
+
+def _python_snippet(start: str) -> str:
+  (snippet,) = [c for c in readme_commands() if c.startswith(start)]
+  return snippet
+
+
+def test_notebook_training_snippet(readme_copy):
+  snippet = _python_snippet("from edsr_jax import config_lib, train")
+  assert "config.num_train_steps = 200" in snippet
+  snippet = snippet.replace("config.num_train_steps = 200", "config.num_train_steps = 4")
+  snippet += "\nprint('step', int(state.step))"
+  result = run(readme_copy, f".venv/bin/python -c {shlex.quote(snippet)}")
+  assert result.stdout.split()[-2:] == ["step", "4"]
+  assert checkpoint_steps(readme_copy / "runs" / "notebook") == [4]
+
+
+def test_inference_snippet(readme_copy, demo_run):
+  snippet = _python_snippet("from edsr_jax import inference")
+  script = (
+    "from edsr_jax import image_io\n"
+    "lr_uint8 = image_io.read_rgb('photo.png')\n"
+    + snippet
+    + "\nprint(lr_uint8.shape, sr.shape, sr.dtype)"
+  )
+  result = run(readme_copy, f".venv/bin/python -c {shlex.quote(script)}")
+  assert result.stdout.strip().splitlines()[-1] == "(128, 128, 3) (256, 256, 3) uint8"
+
+
+def test_upscale(readme_copy, x2_run):
+  run(readme_copy, readme_command(".venv/bin/python -m edsr_jax.upscale"))
+  from PIL import Image
+
+  with Image.open(readme_copy / "out" / "photo_x2_SR.png") as image:
+    assert image.size == (256, 256)
+
+
+def test_evaluate_then_score(readme_copy, x2_run):
+  result = run(
+    readme_copy, readme_command(".venv/bin/python -m edsr_jax.evaluate"), "--max_images=1"
+  )
+  scores = json.loads((readme_copy / "runs/x2/scores.json").read_text())
+  assert "Set5" in result.stdout and "Urban100" in result.stdout
+  saved = sorted((readme_copy / "runs/x2/sr/Set5/x2").iterdir())
+  assert [p.name for p in saved] == ["baby_x2_SR.png"]
+  # Score re-reads the saved image from disk: the same PSNR as evaluate's own.
+  score = run(
+    readme_copy,
+    readme_command(".venv/bin/python -m edsr_jax.score"),
+    "--output_json=runs/x2/score.json",
+    check=False,
+  )
+  # Score pairs every HR image with an SR file; only baby was saved (--max_images=1).
+  assert score.returncode != 0 and "bird_x2_SR.png" in score.stderr
+  only_baby = readme_copy / "hr_baby"
+  only_baby.mkdir()
+  shutil.copy(readme_copy / "data/benchmark/Set5/HR/baby.png", only_baby)
+  command = readme_command(".venv/bin/python -m edsr_jax.score").replace(
+    "data/benchmark/Set5/HR", "hr_baby"
+  )
+  run(readme_copy, command, "--output_json=runs/x2/score.json")
+  scored = json.loads((readme_copy / "runs/x2/score.json").read_text())
+  assert scored["psnr"] == pytest.approx(scores["Set5"]["x2"]["psnr"], abs=1e-9)
+
+
+def test_import_torch(readme_copy):
+  torch = pytest.importorskip("torch")
+  import torch_reference as ref
+
+  command = readme_command(".venv/bin/python -m edsr_jax.import_torch")
+  pt = re.search(r"--input=(\S+)", command)[1]
+  model = ref.randomize_(ref.EDSR(scale=2), seed=0)
+  torch.save(model.state_dict(), readme_copy / pt)
+  run(readme_copy, command)
+  out = readme_copy / re.search(r"--output=(\S+)", command)[1]
+  assert checkpoint_steps(out), list(out.rglob("*"))
+  # The converted model computes the official network's function.
+  lr = np.random.default_rng(0).uniform(0, 255, (1, 3, 12, 10)).astype(np.float32)
+  with torch.no_grad():
+    expected = model(torch.from_numpy(lr)).numpy().transpose(0, 2, 3, 1)
+  script = (
+    "import sys, numpy as np\n"
+    "from edsr_jax import inference\n"
+    f"u = inference.load({str(out.relative_to(readme_copy))!r})\n"
+    "lr = np.load(sys.argv[1])\n"
+    "sr = u.model.apply({'params': u.params}, lr, 2)\n"
+    "np.save(sys.argv[2], np.asarray(sr))\n"
+  )
+  np.save(readme_copy / "lr.npy", lr.transpose(0, 2, 3, 1))
+  run(readme_copy, f".venv/bin/python -c {shlex.quote(script)} lr.npy sr.npy")
+  np.testing.assert_allclose(np.load(readme_copy / "sr.npy"), expected, atol=2e-3)
+
+
+def test_launch_blocks_dry_run(readme_copy):
+  """The README's launch/ blocks, in order in one shell (as a user pastes them, so $TPU
+  carries over), each launch/ subcommand with --dry-run."""
+  text = README.read_text()
+  blocks = [b for b in re.findall(r"^```sh\n(.*?)^```", text, re.S | re.M) if "launch/" in b]
+  lines = []
+  for line in re.sub(r"\\\n\s*", "", "".join(blocks)).splitlines():
+    line = re.sub(r"(^|\s)# .*$", "", line).strip()
+    if line and claim(" ".join(line.split())) in ("TPU=", "launch/"):
+      lines.append(re.sub(r"^(launch/\w+\.sh) (\w+)", r"\1 \2 --dry-run", line))
+  assert sum(line.startswith("launch/") for line in lines) >= 15, lines
+  result = run(readme_copy, "set -e\n" + "\n".join(lines))
+  assert "queued-resources create edsr-v4" in result.stdout, result.stdout
+  assert "--workdir=gs://MY_BUCKET/runs/edsr_x2" in result.stdout
