@@ -109,14 +109,27 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     value = config
     for part in key.split("."):
       value = value[part]
-    need(isinstance(value, int) and not isinstance(value, bool) and value > 0, key,
-         "a positive integer")
+    need(
+      isinstance(value, int) and not isinstance(value, bool) and value > 0,
+      key,
+      "a positive integer",
+    )
 
-  for key in ("batch_size", "patch_size", "num_train_steps", "lr_decay_steps",
-              "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-              "max_checkpoints_to_keep", "prefetch_batches", "max_nonfinite_steps",
-              "model.num_blocks",
-              "model.num_features", "data.max_val_images"):
+  for key in (
+    "batch_size",
+    "patch_size",
+    "num_train_steps",
+    "lr_decay_steps",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "max_checkpoints_to_keep",
+    "prefetch_batches",
+    "max_nonfinite_steps",
+    "model.num_blocks",
+    "model.num_features",
+    "data.max_val_images",
+  ):
     positive_int(key)
   need(isinstance(config.seed, int), "seed", "an integer")
   need(config.num_image_summaries >= 0, "num_image_summaries", "an integer >= 0")
@@ -129,15 +142,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
 
   m = config.model
   need(m.name in MODEL_NAMES, "model.name", f"one of {MODEL_NAMES}")
-  need(isinstance(m.res_scale, int | float) and 0 < m.res_scale <= 1, "model.res_scale",
-       "a number in (0, 1]")
+  need(
+    isinstance(m.res_scale, int | float) and 0 < m.res_scale <= 1,
+    "model.res_scale",
+    "a number in (0, 1]",
+  )
   need(m.dtype in DTYPES, "model.dtype", f"one of {DTYPES}")
   if m.name == "edsr":
     need(m.scale in SCALES, "model.scale", f"one of {SCALES}")
   else:
     scales = tuple(m.scales) if isinstance(m.scales, list | tuple) else ()
-    need(len(scales) > 0 and all(s in SCALES for s in scales) and len(set(scales)) == len(
-        scales), "model.scales", f"a non-empty tuple of distinct values from {SCALES}")
+    need(
+      len(scales) > 0 and all(s in SCALES for s in scales) and len(set(scales)) == len(scales),
+      "model.scales",
+      f"a non-empty tuple of distinct values from {SCALES}",
+    )
 
   d = config.data
   need(d.source in DATA_SOURCES, "data.source", f"one of {DATA_SOURCES}")
@@ -146,15 +165,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   if d.source == "tfds":
     from edsr_jax import tfds_data  # no TensorFlow import: it parses the name only
 
-    tfds_data.dataset_names(
-        d.tfds_name, (m.scale,) if m.name == "edsr" else tuple(m.scales))
-  need(d.val_convention in ("benchmark", "div2k"), "data.val_convention",
-       "'benchmark' or 'div2k'")
+    tfds_data.dataset_names(d.tfds_name, (m.scale,) if m.name == "edsr" else tuple(m.scales))
+  need(d.val_convention in ("benchmark", "div2k"), "data.val_convention", "'benchmark' or 'div2k'")
 
   if config.batch_size % num_devices:
     raise ConfigError(
-        f"config.batch_size={config.batch_size} does not divide over {num_devices} devices: "
-        f"allowed a multiple of {num_devices}")
+      f"config.batch_size={config.batch_size} does not divide over {num_devices} devices: "
+      f"allowed a multiple of {num_devices}"
+    )
 
 
 def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

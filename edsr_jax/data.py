@@ -64,9 +64,27 @@ def _with_bicubic_lr(names, hrs, scales) -> SRImages:
 # ---------------------------------------------------------------------------- demo set
 
 # Real photos that scikit-image ships (no download); the greyscale ones become RGB.
-DEMO_IMAGES = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass",
-               "gravel", "hubble_deep_field", "immunohistochemistry", "moon",
-               "motorcycle_left", "motorcycle_right", "page", "retina", "rocket", "text")
+DEMO_IMAGES = (
+  "astronaut",
+  "brick",
+  "camera",
+  "chelsea",
+  "clock",
+  "coffee",
+  "coins",
+  "grass",
+  "gravel",
+  "hubble_deep_field",
+  "immunohistochemistry",
+  "moon",
+  "motorcycle_left",
+  "motorcycle_right",
+  "page",
+  "retina",
+  "rocket",
+  "text",
+)
+
 
 def _skimage_image(name: str) -> np.ndarray:
   """A photo bundled with scikit-image, as RGB (greyscale photos copied to R, G, B)."""
@@ -77,8 +95,10 @@ def _skimage_image(name: str) -> np.ndarray:
     return left if name == "motorcycle_left" else right
   image = getattr(skimage.data, name, None) if name in DEMO_IMAGES else None
   if image is None:
-    raise ConfigError(f"demo image {name!r} is not one of the photos bundled with "
-                      f"scikit-image: allowed {DEMO_IMAGES}")
+    raise ConfigError(
+      f"demo image {name!r} is not one of the photos bundled with "
+      f"scikit-image: allowed {DEMO_IMAGES}"
+    )
   image = image()
   return np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image
 
@@ -89,6 +109,7 @@ def load_demo(names: Sequence[str], scales: Sequence[int]) -> SRImages:
 
 
 # ---------------------------------------------------------------------------- folders
+
 
 @dataclasses.dataclass
 class FolderLayout:
@@ -133,9 +154,10 @@ def _read_pair(layout: FolderLayout, hr_file: pathlib.Path, scales):
     want = (hr.shape[0] // s, hr.shape[1] // s)
     if lr.shape[:2] != want:
       raise image_io.ImageError(
-          f"{lr_file}: LR size {lr.shape[1]}x{lr.shape[0]} does not match its HR image "
-          f"{hr_file.name} ({hr.shape[1]}x{hr.shape[0]}) at x{s}: expected "
-          f"{want[1]}x{want[0]}")
+        f"{lr_file}: LR size {lr.shape[1]}x{lr.shape[0]} does not match its HR image "
+        f"{hr_file.name} ({hr.shape[1]}x{hr.shape[0]}) at x{s}: expected "
+        f"{want[1]}x{want[0]}"
+      )
     lrs[s] = lr
   return hr, lrs
 
@@ -148,11 +170,20 @@ def _read_pair_cached(layout: FolderLayout, hr_file: pathlib.Path, scales, cache
   and modification time, so an edited image is decoded again.
   """
   key_parts = [hr_file] + [layout.lr_file(hr_file, s) for s in scales]
-  key = hashlib.sha1(repr([(str(p), p.stat().st_size, p.stat().st_mtime_ns)
-                           for p in key_parts if p is not None and p.exists()]
-                          + list(scales)).encode()).hexdigest()[:16]
-  names = {"hr": f"{hr_file.stem}-{key}-hr.npy",
-           **{s: f"{hr_file.stem}-{key}-x{s}.npy" for s in scales}}
+  key = hashlib.sha1(
+    repr(
+      [
+        (str(p), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in key_parts
+        if p is not None and p.exists()
+      ]
+      + list(scales)
+    ).encode()
+  ).hexdigest()[:16]
+  names = {
+    "hr": f"{hr_file.stem}-{key}-hr.npy",
+    **{s: f"{hr_file.stem}-{key}-x{s}.npy" for s in scales},
+  }
   paths = {k: pathlib.Path(cache_dir) / v for k, v in names.items()}
   if not all(p.exists() for p in paths.values()):
     hr, lrs = _read_pair(layout, hr_file, scales)
@@ -164,8 +195,13 @@ def _read_pair_cached(layout: FolderLayout, hr_file: pathlib.Path, scales, cache
   return load(paths["hr"]), {s: load(paths[s]) for s in scales}
 
 
-def load_folder(path: str | os.PathLike, scales: Sequence[int], split: str = "train",
-                max_images: int | None = None, cache_dir: str = "") -> SRImages:
+def load_folder(
+  path: str | os.PathLike,
+  scales: Sequence[int],
+  split: str = "train",
+  max_images: int | None = None,
+  cache_dir: str = "",
+) -> SRImages:
   """Images of a folder (see `resolve_layout`), decoded into memory or, with
   `cache_dir`, into .npy files there that are memory-mapped."""
   layout = resolve_layout(path, split)
@@ -175,8 +211,11 @@ def load_folder(path: str | os.PathLike, scales: Sequence[int], split: str = "tr
     pairs = _map(lambda f: _read_pair_cached(layout, f, scales, cache_dir), files)
   else:
     pairs = _map(lambda f: _read_pair(layout, f, scales), files)
-  return SRImages([f.stem for f in files], [hr for hr, _ in pairs],
-                  {s: [lrs[s] for _, lrs in pairs] for s in scales})
+  return SRImages(
+    [f.stem for f in files],
+    [hr for hr, _ in pairs],
+    {s: [lrs[s] for _, lrs in pairs] for s in scales},
+  )
 
 
 def load_train_images(config, scales) -> SRImages:
@@ -204,6 +243,7 @@ def load_val_images(config, scales) -> SRImages | None:
 
 # ---------------------------------------------------------------------------- sampling
 
+
 def scale_for_step(seed: int, step: int, scales: Sequence[int]) -> int:
   """The scale trained at `step` (MDSR draws one per step; EDSR has one)."""
   if len(scales) == 1:
@@ -225,12 +265,22 @@ def augment(patch: np.ndarray, code: int) -> np.ndarray:
 class PatchSampler:
   """Random aligned LR/HR patches; `batch(step, scale)` is a pure function of its inputs."""
 
-  def __init__(self, images: SRImages, *, scales: Sequence[int], patch_size: int,
-               global_batch: int, seed: int, augment: bool = True,
-               process_index: int = 0, process_count: int = 1):
+  def __init__(
+    self,
+    images: SRImages,
+    *,
+    scales: Sequence[int],
+    patch_size: int,
+    global_batch: int,
+    seed: int,
+    augment: bool = True,
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
     if global_batch % process_count:
-      raise ConfigError(f"config.batch_size={global_batch} does not divide over "
-                        f"{process_count} processes")
+      raise ConfigError(
+        f"config.batch_size={global_batch} does not divide over {process_count} processes"
+      )
     if len(images) == 0:
       raise ConfigError("the training set has no images")
     for s in scales:
@@ -238,9 +288,10 @@ class PatchSampler:
       i = int(np.argmin([min(hw) for hw in sizes]))
       if min(sizes[i]) < patch_size:
         raise ConfigError(
-            f"config.patch_size={patch_size} is larger than the smallest training image "
-            f"at x{s}: {images.names[i]} is {sizes[i][1]}x{sizes[i][0]} LR pixels; allowed "
-            f"at most {min(sizes[i])}")
+          f"config.patch_size={patch_size} is larger than the smallest training image "
+          f"at x{s}: {images.names[i]} is {sizes[i][1]}x{sizes[i][0]} LR pixels; allowed "
+          f"at most {min(sizes[i])}"
+        )
     self.images = images
     self.patch_size = patch_size
     self.global_batch = global_batch
@@ -263,14 +314,18 @@ class PatchSampler:
       lr, hr = self.images.lr[scale][i], self.images.hr[i]
       y = int(fy[row] * (lr.shape[0] - p + 1))
       x = int(fx[row] * (lr.shape[1] - p + 1))
-      lrs.append(augment(lr[y:y + p, x:x + p], codes[row]))
-      hrs.append(augment(hr[y * scale:(y + p) * scale, x * scale:(x + p) * scale], codes[row]))
+      lrs.append(augment(lr[y : y + p, x : x + p], codes[row]))
+      hrs.append(augment(hr[y * scale : (y + p) * scale, x * scale : (x + p) * scale], codes[row]))
     return {"lr": np.stack(lrs), "hr": np.stack(hrs)}
 
 
-def prefetch_batches(sampler: PatchSampler, steps: range, scales: Sequence[int],
-                     sharding: jax.sharding.Sharding, size: int = 2
-                     ) -> Iterator[tuple[int, int, dict[str, jax.Array]]]:
+def prefetch_batches(
+  sampler: PatchSampler,
+  steps: range,
+  scales: Sequence[int],
+  sharding: jax.sharding.Sharding,
+  size: int = 2,
+) -> Iterator[tuple[int, int, dict[str, jax.Array]]]:
   """Yields (step, scale, global device batch), prepared `size` steps ahead.
 
   A background thread builds host batches; the next device transfer is issued before
@@ -302,8 +357,11 @@ def prefetch_batches(sampler: PatchSampler, steps: range, scales: Sequence[int],
 
   def to_device(item):
     step, scale, batch = item
-    return step, scale, {
-        k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    return (
+      step,
+      scale,
+      {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()},
+    )
 
   thread = threading.Thread(target=produce, daemon=True, name="prefetch")
   thread.start()

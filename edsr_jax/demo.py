@@ -19,8 +19,7 @@ from edsr_jax import data, evaluation, image_io, logs, models, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/demo", "Directory for checkpoints, logs and pictures.")
-config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.",
-                                lock_config=True)
+config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.", lock_config=True)
 
 
 def report(config, state, workdir: epath.Path) -> dict:
@@ -30,19 +29,23 @@ def report(config, state, workdir: epath.Path) -> dict:
   predict = evaluation.make_predict_fn(model)
   val_images = data.load_val_images(config, (scale,))
   means, per_image, outputs = evaluation.evaluate(
-      predict, state.params, val_images, scale, config.data.val_convention)
+    predict, state.params, val_images, scale, config.data.val_convention
+  )
   rows = per_image + [{"name": "mean", **means}]
   width = max(len(row["name"]) for row in rows)
   print(f"\nHeld-out images, x{scale}, Y-PSNR (border {scale}) / SSIM:")
   print(f"{'image':<{width}} {'bicubic':>17} {'EDSR (this run)':>17}")
   for row in rows:
-    print(f"{row['name']:<{width}} {row['bicubic_psnr']:>8.2f} / {row['bicubic_ssim']:.4f}"
-          f" {row['psnr']:>8.2f} / {row['ssim']:.4f}")
+    print(
+      f"{row['name']:<{width}} {row['bicubic_psnr']:>8.2f} / {row['bicubic_ssim']:.4f}"
+      f" {row['psnr']:>8.2f} / {row['ssim']:.4f}"
+    )
   print(f"gain over bicubic: {means['psnr'] - means['bicubic_psnr']:+.2f} dB")
   strips = [evaluation.comparison_strip(*out, scale=scale) for out in outputs]
   width = max(s.shape[1] for s in strips)
-  strips = [np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0)), constant_values=255)
-            for s in strips]
+  strips = [
+    np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips
+  ]
   image_io.write_image(workdir / "comparison.png", np.concatenate(strips, axis=0))
   results = {"scale": scale, **means, "per_image": per_image}
   (workdir / "demo_results.json").write_text(json.dumps(results, indent=2))

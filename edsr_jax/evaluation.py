@@ -44,23 +44,25 @@ def evaluate(predict, params, images: SRImages, scale: int, convention: str = "b
     bicubic = bicubic_upscale(lr, scale)
     model_scores = metrics.evaluate_pair(sr, hr, scale=scale, convention=convention)
     bicubic_scores = metrics.evaluate_pair(bicubic, hr, scale=scale, convention=convention)
-    per_image.append({"name": name, **model_scores,
-                      **{f"bicubic_{k}": v for k, v in bicubic_scores.items()}})
+    per_image.append(
+      {"name": name, **model_scores, **{f"bicubic_{k}": v for k, v in bicubic_scores.items()}}
+    )
     outputs.append((lr, bicubic, sr, hr))
   keys = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
   means = {k: float(np.mean([row[k] for row in per_image])) for k in keys}
   return means, per_image, outputs
 
 
-def comparison_strip(lr, bicubic, sr, hr, scale: int, crop: int = 192,
-                     labels: bool = True) -> np.ndarray:
+def comparison_strip(
+  lr, bicubic, sr, hr, scale: int, crop: int = 192, labels: bool = True
+) -> np.ndarray:
   """[LR (nearest) | bicubic | model | ground truth] crops of the image centre, uint8."""
   h, w = hr.shape[:2]
   c = min(crop, h, w) // scale * scale
   y, x = (h - c) // 2 // scale * scale, (w - c) // 2 // scale * scale
-  lr_crop = lr[y // scale:(y + c) // scale, x // scale:(x + c) // scale]
+  lr_crop = lr[y // scale : (y + c) // scale, x // scale : (x + c) // scale]
   panels = [np.repeat(np.repeat(lr_crop, scale, 0), scale, 1)]
-  panels += [im[y:y + c, x:x + c] for im in (bicubic, sr, hr)]
+  panels += [im[y : y + c, x : x + c] for im in (bicubic, sr, hr)]
   gap = np.full((c, 4, 3), 255, np.uint8)
   row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
   if not labels:

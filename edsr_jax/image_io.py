@@ -38,8 +38,9 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise ImageError(f"{path}: not a readable image ({e})") from None
   raise ImageError(
-      f"{path}: image mode {mode!r} is not supported; use 8-bit RGB, greyscale or palette "
-      "images (16-bit and float images are refused rather than silently rescaled)")
+    f"{path}: image mode {mode!r} is not supported; use 8-bit RGB, greyscale or palette "
+    "images (16-bit and float images are refused rather than silently rescaled)"
+  )
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
@@ -56,8 +57,9 @@ def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
   folder = pathlib.Path(folder)
   if not folder.is_dir():
     raise ImageError(f"{folder}: not a folder")
-  files = sorted(p for p in folder.iterdir()
-                 if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+  files = sorted(
+    p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+  )
   if not files:
     raise ImageError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it")
   return files

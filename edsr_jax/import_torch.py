@@ -50,14 +50,23 @@ def _define_flags() -> None:
   flags.DEFINE_string("output", None, "Workdir to write the checkpoint into.", required=True)
   flags.DEFINE_enum("model", None, ["edsr", "mdsr"], "Expected network (default: detected).")
   flags.DEFINE_integer("scale", None, "Expected EDSR scale (default: detected).")
-  flags.DEFINE_list("scales", None, "Expected MDSR scales, in the file's branch order, e.g. "
-                    "2,3,4 (default: detected).")
-  flags.DEFINE_integer("num_blocks", None, "Expected residual blocks (default: detected).",
-                       lower_bound=1)
-  flags.DEFINE_integer("num_features", None, "Expected features (default: detected).",
-                       lower_bound=1)
-  flags.DEFINE_float("res_scale", None, "Residual scaling, which the weights do not store "
-                     "(default: the official value for the detected size).")
+  flags.DEFINE_list(
+    "scales",
+    None,
+    "Expected MDSR scales, in the file's branch order, e.g. 2,3,4 (default: detected).",
+  )
+  flags.DEFINE_integer(
+    "num_blocks", None, "Expected residual blocks (default: detected).", lower_bound=1
+  )
+  flags.DEFINE_integer(
+    "num_features", None, "Expected features (default: detected).", lower_bound=1
+  )
+  flags.DEFINE_float(
+    "res_scale",
+    None,
+    "Residual scaling, which the weights do not store "
+    "(default: the official value for the detected size).",
+  )
   flags.DEFINE_bool("overwrite", False, "Replace <output>/checkpoints if it exists.")
 
 
@@ -102,15 +111,23 @@ def _check_against_model(params, config) -> None:
   want = jax.tree.map(lambda x: tuple(x.shape), abstract)
   got = jax.tree.map(lambda x: tuple(x.shape), params)
   if want != got:
-    raise RuntimeError("imported parameter tree does not match edsr_jax.models "
-                       f"(expected {want}, got {got})")
+    raise RuntimeError(
+      f"imported parameter tree does not match edsr_jax.models (expected {want}, got {got})"
+    )
 
 
-def convert(input_path: str | os.PathLike, output: str | os.PathLike, *,
-            model: str | None = None, scale: int | None = None,
-            scales: tuple[int, ...] | None = None, num_blocks: int | None = None,
-            num_features: int | None = None, res_scale: float | None = None,
-            overwrite: bool = False) -> dict:
+def convert(
+  input_path: str | os.PathLike,
+  output: str | os.PathLike,
+  *,
+  model: str | None = None,
+  scale: int | None = None,
+  scales: tuple[int, ...] | None = None,
+  num_blocks: int | None = None,
+  num_features: int | None = None,
+  res_scale: float | None = None,
+  overwrite: bool = False,
+) -> dict:
   """Reads, checks and writes; returns {"arch", "res_scale", "res_scale_source",
   "num_params", "checkpoint_dir"}. Nothing is written unless every check passes."""
   output = os.fspath(output)
@@ -119,8 +136,9 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, *,
   existing = _existing_checkpoints(output)
   if existing and not overwrite:
     raise ImportTorchError(
-        f"{checkpoint.checkpoint_dir(output)} already holds checkpoint(s) {existing}; "
-        "refusing to overwrite them (use another --output, or --overwrite to replace them)")
+      f"{checkpoint.checkpoint_dir(output)} already holds checkpoint(s) {existing}; "
+      "refusing to overwrite them (use another --output, or --overwrite to replace them)"
+    )
   if scale is not None:
     _check_scale_flag("scale", scale)
   for s in scales or ():
@@ -130,8 +148,8 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, *,
 
   state = torch_weights.load_state_dict(input_path)
   arch = torch_weights.detect_architecture(
-      state, model=model, scale=scale, scales=scales, num_blocks=num_blocks,
-      num_features=num_features)
+    state, model=model, scale=scale, scales=scales, num_blocks=num_blocks, num_features=num_features
+  )
   torch_weights.check_state_dict(state, arch)
   source = "--res_scale"
   if res_scale is None:
@@ -139,9 +157,10 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, *,
     source = "official value for this size"
     if res_scale is None:
       raise ImportTorchError(
-          f"{input_path} holds {arch.describe()}, not an official size, so its res_scale "
-          "(not stored in the weights) is unknown: pass --res_scale (official: 0.1 for "
-          "256-feature EDSR, 1.0 for 64 features)")
+        f"{input_path} holds {arch.describe()}, not an official size, so its res_scale "
+        "(not stored in the weights) is unknown: pass --res_scale (official: 0.1 for "
+        "256-feature EDSR, 1.0 for 64 features)"
+      )
   config = make_config(arch, res_scale)
   params = torch_weights.to_flax_params(state, arch)
   _check_against_model(params, config)
@@ -154,9 +173,7 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, *,
   tx = train.make_optimizer(config)
   replicated = NamedSharding(train.make_mesh(), P())
   params = jax.device_put(params, replicated)
-  train_state = jax.jit(
-      lambda p: train.new_train_state(p, tx),
-      out_shardings=replicated)(params)
+  train_state = jax.jit(lambda p: train.new_train_state(p, tx), out_shardings=replicated)(params)
 
   ckpt_dir = checkpoint.checkpoint_dir(output)
   if existing:  # --overwrite: training resumes from the latest step, so clear them all
@@ -166,11 +183,11 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, *,
   manager.wait_until_finished()
   manager.close()
   return {
-      "arch": arch,
-      "res_scale": float(res_scale),
-      "res_scale_source": source,
-      "num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
-      "checkpoint_dir": str(ckpt_dir / "0"),
+    "arch": arch,
+    "res_scale": float(res_scale),
+    "res_scale_source": source,
+    "num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
+    "checkpoint_dir": str(ckpt_dir / "0"),
   }
 
 
@@ -186,24 +203,40 @@ def main(argv: list[str]) -> None:
     try:
       scales = None if FLAGS.scales is None else tuple(int(s) for s in FLAGS.scales)
     except ValueError:
-      raise ImportTorchError(f"--scales={','.join(FLAGS.scales)} is not a list of "
-                             "integers") from None
+      raise ImportTorchError(
+        f"--scales={','.join(FLAGS.scales)} is not a list of integers"
+      ) from None
     summary = convert(
-        FLAGS.input, FLAGS.output, model=FLAGS.model, scale=FLAGS.scale, scales=scales,
-        num_blocks=FLAGS.num_blocks, num_features=FLAGS.num_features,
-        res_scale=FLAGS.res_scale, overwrite=FLAGS.overwrite)
-  except (ImportTorchError, torch_weights.TorchFileError, torch_weights.WeightsMismatchError,
-          config_lib.ConfigError) as e:
+      FLAGS.input,
+      FLAGS.output,
+      model=FLAGS.model,
+      scale=FLAGS.scale,
+      scales=scales,
+      num_blocks=FLAGS.num_blocks,
+      num_features=FLAGS.num_features,
+      res_scale=FLAGS.res_scale,
+      overwrite=FLAGS.overwrite,
+    )
+  except (
+    ImportTorchError,
+    torch_weights.TorchFileError,
+    torch_weights.WeightsMismatchError,
+    config_lib.ConfigError,
+  ) as e:
     sys.exit(f"import_torch: error: {_one_line(e)}")
   arch = summary["arch"]
   print(f"read {FLAGS.input}: {arch.describe()}")
-  print(f"model: {arch.model}; residual blocks: {arch.num_blocks}; features: "
-        f"{arch.num_features}; scale{'s' if arch.model == 'mdsr' else ''}: "
-        f"{','.join(str(s) for s in arch.scales)}")
+  print(
+    f"model: {arch.model}; residual blocks: {arch.num_blocks}; features: "
+    f"{arch.num_features}; scale{'s' if arch.model == 'mdsr' else ''}: "
+    f"{','.join(str(s) for s in arch.scales)}"
+  )
   print(f"res_scale: {summary['res_scale']:g} ({summary['res_scale_source']})")
   print(f"parameters: {summary['num_params']:,}")
-  print(f"wrote {summary['checkpoint_dir']} (step 0, fresh Adam state); fine-tune with "
-        f"--workdir={FLAGS.output} and a config of the same network")
+  print(
+    f"wrote {summary['checkpoint_dir']} (step 0, fresh Adam state); fine-tune with "
+    f"--workdir={FLAGS.output} and a config of the same network"
+  )
 
 
 if __name__ == "__main__":

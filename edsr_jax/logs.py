@@ -10,8 +10,7 @@ _NOISY = ("/orbax/", "/jax/_src/xla_bridge", "/clu/asynclib", "signaling_client"
 
 class _DropLibraryInfo(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or not any(
-        part in record.pathname for part in _NOISY)
+    return record.levelno >= logging.WARNING or not any(part in record.pathname for part in _NOISY)
 
 
 def quiet_library_logs() -> None:

@@ -49,14 +49,14 @@ def _conv(features: int, kernel: int, dtype: Any, name: str | None = None) -> nn
   # PyTorch's default init (kaiming_uniform with a=sqrt(5)) is uniform(+-1/sqrt(fan_in)),
   # i.e. variance 1/(3 fan_in); matching it keeps the training recipe's learning rate sane.
   return nn.Conv(
-      features,
-      (kernel, kernel),
-      padding="SAME",
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-      bias_init=nn.initializers.zeros,
-      name=name,
+    features,
+    (kernel, kernel),
+    padding="SAME",
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+    bias_init=nn.initializers.zeros,
+    name=name,
   )
 
 
@@ -204,10 +204,10 @@ def create_model(model_config, dtype: Any = jnp.float32) -> nn.Module:
   """Builds EDSR or MDSR from `config.model` (see configs/)."""
   name = model_config.name
   common = dict(
-      num_blocks=model_config.num_blocks,
-      num_features=model_config.num_features,
-      res_scale=model_config.res_scale,
-      dtype=dtype,
+    num_blocks=model_config.num_blocks,
+    num_features=model_config.num_features,
+    res_scale=model_config.res_scale,
+    dtype=dtype,
   )
   if name == "edsr":
     return EDSR(scale=model_config.scale, **common)

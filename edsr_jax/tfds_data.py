@@ -69,14 +69,17 @@ _NAME = re.compile(r"div2k/(?P<kind>[a-z]+)_x(?P<scale>\{scale\}|\d+)")
 def dataset_names(name: str, scales: Sequence[int]) -> dict[int, str]:
   """{scale: TFDS name} for `config.data.tfds_name` and the model's scales."""
   m = _NAME.fullmatch(name)
-  allowed = (f"'div2k/<kind>_x{{scale}}' or 'div2k/<kind>_x<s>' with kind one of {KINDS} "
-             "and s one of 2, 3, 4")
+  allowed = (
+    f"'div2k/<kind>_x{{scale}}' or 'div2k/<kind>_x<s>' with kind one of {KINDS} "
+    "and s one of 2, 3, 4"
+  )
   if not m or m["kind"] not in KINDS or m["scale"] not in ("{scale}", "2", "3", "4"):
     raise ConfigError(f"config.data.tfds_name={name!r} is invalid: allowed {allowed}")
   if m["scale"] != "{scale}" and tuple(scales) != (int(m["scale"]),):
     raise ConfigError(
-        f"config.data.tfds_name={name!r} has LR images at x{m['scale']} only, but the "
-        f"model trains x{', x'.join(map(str, scales))}: use 'div2k/{m['kind']}_x{{scale}}'")
+      f"config.data.tfds_name={name!r} has LR images at x{m['scale']} only, but the "
+      f"model trains x{', x'.join(map(str, scales))}: use 'div2k/{m['kind']}_x{{scale}}'"
+    )
   return {s: f"div2k/{m['kind']}_x{s}" for s in scales}
 
 
@@ -102,8 +105,7 @@ def _builder(name: str, data_dir: str | None):
 
 def archive_names(builder) -> list[str]:
   """The official file names of the builder config's four archives."""
-  return [builder.url_infos[url].filename
-          for url in builder.builder_config.download_urls.values()]
+  return [builder.url_infos[url].filename for url in builder.builder_config.download_urls.values()]
 
 
 def _archive_size(builder) -> str:
@@ -124,15 +126,18 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
     missing = [f for f in archive_names(builder) if not epath.Path(manual_dir, f).exists()]
     if missing:  # TFDS would silently download these
       raise ConfigError(
-          f"{name}: the archive folder {manual_dir} (config.data.tfds_manual_dir) lacks "
-          f"{', '.join(missing)}; it needs {', '.join(archive_names(builder))} as "
-          "downloaded from https://data.vision.ee.ethz.ch/cvl/DIV2K/, unrenamed")
+        f"{name}: the archive folder {manual_dir} (config.data.tfds_manual_dir) lacks "
+        f"{', '.join(missing)}; it needs {', '.join(archive_names(builder))} as "
+        "downloaded from https://data.vision.ee.ethz.ch/cvl/DIV2K/, unrenamed"
+      )
   config = tfds.download.DownloadConfig(manual_dir=manual_dir or None, try_download_gcs=False)
   try:
     builder.download_and_prepare(download_config=config)
   except NonMatchingChecksumError as e:
-    raise ConfigError(f"{name}: an archive is not the official DIV2K file (its size or "
-                      f"sha256 differs from the registered one); replace it:\n{e}") from None
+    raise ConfigError(
+      f"{name}: an archive is not the official DIV2K file (its size or "
+      f"sha256 differs from the registered one); replace it:\n{e}"
+    ) from None
   return builder
 
 
@@ -143,14 +148,17 @@ def _ready_builder(name: str, data_dir: str | None, manual_dir: str | None):
   where = f" --data_dir={data_dir}" if data_dir else ""
   if not manual_dir:
     raise ConfigError(
-        f"{name} is not prepared in {builder.data_dir} (config.data.tfds_data_dir="
-        f"{data_dir or ''!r}). Prepare it once: `python -m edsr_jax.tfds_data --name={name}"
-        f"{where}` downloads {_archive_size(builder)}; offline, add --manual_dir (or set "
-        f"config.data.tfds_manual_dir) to a folder holding {', '.join(archive_names(builder))}")
+      f"{name} is not prepared in {builder.data_dir} (config.data.tfds_data_dir="
+      f"{data_dir or ''!r}). Prepare it once: `python -m edsr_jax.tfds_data --name={name}"
+      f"{where}` downloads {_archive_size(builder)}; offline, add --manual_dir (or set "
+      f"config.data.tfds_manual_dir) to a folder holding {', '.join(archive_names(builder))}"
+    )
   if jax.process_count() > 1:  # several hosts would write the same files at once
-    raise ConfigError(f"{name} is not prepared in {builder.data_dir}; prepare it before a "
-                      f"multi-process run: python -m edsr_jax.tfds_data --name={name}{where} "
-                      f"--manual_dir={manual_dir}")
+    raise ConfigError(
+      f"{name} is not prepared in {builder.data_dir}; prepare it before a "
+      f"multi-process run: python -m edsr_jax.tfds_data --name={name}{where} "
+      f"--manual_dir={manual_dir}"
+    )
   return prepare(name, data_dir, manual_dir)
 
 
@@ -158,16 +166,20 @@ def _examples(builder, split: str, decode_hr: bool, limit: int | None):
   """Yields (sha256 of the HR file, decoded HR or None, decoded LR) in stored order."""
   tf, tfds = _import_tfds()
   ds = builder.as_dataset(
-      split=split, shuffle_files=False,
-      decoders={"hr": tfds.decode.SkipDecoding(), "lr": tfds.decode.SkipDecoding()},
-      read_config=tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False))
+    split=split,
+    shuffle_files=False,
+    decoders={"hr": tfds.decode.SkipDecoding(), "lr": tfds.decode.SkipDecoding()},
+    read_config=tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False),
+  )
   if limit is not None:
     ds = ds.take(limit)
 
   def decode(example):
     # channels=3 follows image_io's rule: grey copied to RGB, alpha dropped.
-    out = {"hr_file": example["hr"],
-           "lr": tf.io.decode_image(example["lr"], channels=3, expand_animations=False)}
+    out = {
+      "hr_file": example["hr"],
+      "lr": tf.io.decode_image(example["lr"], channels=3, expand_animations=False),
+    }
     if decode_hr:
       out["hr"] = tf.io.decode_image(example["hr"], channels=3, expand_animations=False)
     return out
@@ -177,9 +189,15 @@ def _examples(builder, split: str, decode_hr: bool, limit: int | None):
     yield hashlib.sha256(ex["hr_file"]).hexdigest(), ex.get("hr"), ex["lr"]
 
 
-def load(name: str, scales: Sequence[int], split: str = "train", *,
-         data_dir: str | None = None, manual_dir: str | None = None,
-         max_images: int | None = None) -> SRImages:
+def load(
+  name: str,
+  scales: Sequence[int],
+  split: str = "train",
+  *,
+  data_dir: str | None = None,
+  manual_dir: str | None = None,
+  max_images: int | None = None,
+) -> SRImages:
   """One split ('train' or 'valid') of the div2k config(s) for `scales`, as SRImages."""
   names = dataset_names(name, scales)
   if split not in _SPLITS:
@@ -200,17 +218,19 @@ def load(name: str, scales: Sequence[int], split: str = "train", *,
       extra = len(found) - (len(keys) - len(missing))
       if missing or (max_images is None and extra):
         raise ConfigError(
-            f"{ds_name} {split} does not hold the same HR images as {names[scales[0]]}: "
-            f"{len(missing)} of {len(keys)} missing, {extra} others; prepare both configs "
-            "from the same DIV2K HR archives")
+          f"{ds_name} {split} does not hold the same HR images as {names[scales[0]]}: "
+          f"{len(missing)} of {len(keys)} missing, {extra} others; prepare both configs "
+          "from the same DIV2K HR archives"
+        )
       lr = [found[k] for k in keys]
     for i, (hr, lr_i) in enumerate(zip(hrs, lr, strict=True)):
       want = (hr.shape[0] // scale, hr.shape[1] // scale)
       if lr_i.shape[:2] != want:
         raise ConfigError(
-            f"{ds_name} {split} example {i}: LR {lr_i.shape[1]}x{lr_i.shape[0]} does not "
-            f"match its HR {hr.shape[1]}x{hr.shape[0]} at x{scale}: expected "
-            f"{want[1]}x{want[0]}")
+          f"{ds_name} {split} example {i}: LR {lr_i.shape[1]}x{lr_i.shape[0]} does not "
+          f"match its HR {hr.shape[1]}x{hr.shape[0]} at x{scale}: expected "
+          f"{want[1]}x{want[0]}"
+        )
     lrs[scale] = lr
   return SRImages([f"{split}_{i:04d}" for i in range(len(keys))], hrs, lrs)
 
@@ -218,21 +238,34 @@ def load(name: str, scales: Sequence[int], split: str = "train", *,
 def load_for_config(config, scales: Sequence[int], split: str) -> SRImages:
   """`split` of `config.data.tfds_name`; validation is capped at max_val_images."""
   d = config.data
-  return load(d.tfds_name, scales, split, data_dir=d.tfds_data_dir or None,
-              manual_dir=d.tfds_manual_dir or None,
-              max_images=d.max_val_images if split == "valid" else None)
+  return load(
+    d.tfds_name,
+    scales,
+    split,
+    data_dir=d.tfds_data_dir or None,
+    manual_dir=d.tfds_manual_dir or None,
+    max_images=d.max_val_images if split == "valid" else None,
+  )
 
 
 # ---------------------------------------------------------------------------- CLI
 
+
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
-      prog="python -m edsr_jax.tfds_data", description="Prepares div2k configs for training.")
-  parser.add_argument("--name", default="div2k/bicubic_x2",
-                      help="comma-separated div2k configs, e.g. div2k/bicubic_x2,div2k/bicubic_x3")
+    prog="python -m edsr_jax.tfds_data", description="Prepares div2k configs for training."
+  )
+  parser.add_argument(
+    "--name",
+    default="div2k/bicubic_x2",
+    help="comma-separated div2k configs, e.g. div2k/bicubic_x2,div2k/bicubic_x3",
+  )
   parser.add_argument("--data_dir", default=None, help="TFDS data dir (default: TFDS's own)")
-  parser.add_argument("--manual_dir", default=None,
-                      help="folder with the official DIV2K zips; without it they are downloaded")
+  parser.add_argument(
+    "--manual_dir",
+    default=None,
+    help="folder with the official DIV2K zips; without it they are downloaded",
+  )
   args = parser.parse_args(argv)
   for name in args.name.split(","):
     m = _NAME.fullmatch(name)
@@ -241,8 +274,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     dataset_names(name, [int(m["scale"])])
     builder = prepare(name, args.data_dir, args.manual_dir)
     splits = builder.info.splits
-    print(f"{name}: prepared in {builder.data_dir} ({splits['train'].num_examples} train, "
-          f"{splits['validation'].num_examples} validation images)")
+    print(
+      f"{name}: prepared in {builder.data_dir} ({splits['train'].num_examples} train, "
+      f"{splits['validation'].num_examples} validation images)"
+    )
 
 
 if __name__ == "__main__":

@@ -52,16 +52,16 @@ _LEGACY_PROTOCOL = 1001
 _MAX_EXPANSION = 100
 
 _STORAGE_DTYPES = {
-    "FloatStorage": np.float32,
-    "DoubleStorage": np.float64,
-    "HalfStorage": np.float16,
-    "BFloat16Storage": np.uint16,  # bit patterns; widened to float32 on reading
-    "LongStorage": np.int64,
-    "IntStorage": np.int32,
-    "ShortStorage": np.int16,
-    "CharStorage": np.int8,
-    "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_,
+  "FloatStorage": np.float32,
+  "DoubleStorage": np.float64,
+  "HalfStorage": np.float16,
+  "BFloat16Storage": np.uint16,  # bit patterns; widened to float32 on reading
+  "LongStorage": np.int64,
+  "IntStorage": np.int32,
+  "ShortStorage": np.int16,
+  "CharStorage": np.int8,
+  "ByteStorage": np.uint8,
+  "BoolStorage": np.bool_,
 }
 
 
@@ -69,12 +69,14 @@ _STORAGE_DTYPES = {
 # was made (no __dict__, no __setstate__), so what the checks below saw is what is used.
 class _StorageType(typing.NamedTuple):
   """Stand-in for `torch.FloatStorage` & co.: a dtype, and not callable."""
+
   name: str
   dtype: np.dtype
 
 
 class _StorageRef(typing.NamedTuple):
   """What `persistent_load` returns: which storage, of what type and element count."""
+
   key: str
   type: _StorageType
   numel: int
@@ -83,6 +85,7 @@ class _StorageRef(typing.NamedTuple):
 
 class _TensorRef(typing.NamedTuple):
   """What the tensor rebuild stand-ins return; materialised once storages are read."""
+
   storage: _StorageRef
   offset: int
   size: tuple[int, ...]
@@ -91,6 +94,7 @@ class _TensorRef(typing.NamedTuple):
 
 class _Callable(typing.NamedTuple):
   """An allowed function, wrapped so that BUILD cannot reach the function's attributes."""
+
   fn: Callable
 
   def __call__(self, *args):
@@ -98,8 +102,7 @@ class _Callable(typing.NamedTuple):
 
 
 def _index_tuple(value, what: str) -> tuple[int, ...]:
-  if not isinstance(value, tuple | list) or not all(
-      type(v) is int and v >= 0 for v in value):
+  if not isinstance(value, tuple | list) or not all(type(v) is int and v >= 0 for v in value):
     raise TorchFileError(f"tensor {what} {value!r} is not a tuple of non-negative integers")
   return tuple(value)
 
@@ -125,11 +128,11 @@ def _rebuild_parameter(data, *unused):
 
 
 ALLOWED_GLOBALS = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _Callable(_rebuild_tensor),
-    ("torch._utils", "_rebuild_tensor"): _Callable(_rebuild_tensor),
-    ("torch._utils", "_rebuild_parameter"): _Callable(_rebuild_parameter),
-    **{("torch", name): _StorageType(name, np.dtype(dt)) for name, dt in _STORAGE_DTYPES.items()},
+  ("collections", "OrderedDict"): collections.OrderedDict,
+  ("torch._utils", "_rebuild_tensor_v2"): _Callable(_rebuild_tensor),
+  ("torch._utils", "_rebuild_tensor"): _Callable(_rebuild_tensor),
+  ("torch._utils", "_rebuild_parameter"): _Callable(_rebuild_parameter),
+  **{("torch", name): _StorageType(name, np.dtype(dt)) for name, dt in _STORAGE_DTYPES.items()},
 }
 
 
@@ -148,21 +151,31 @@ class _RestrictedUnpickler(pickle.Unpickler):
       return ALLOWED_GLOBALS[(module, name)]
     except (KeyError, TypeError):
       raise TorchFileError(
-          f"refusing to load {self._path}: it references {module}.{name}, which a weights "
-          "file does not need (a file that runs code when loaded is not a plain state_dict)"
+        f"refusing to load {self._path}: it references {module}.{name}, which a weights "
+        "file does not need (a file that runs code when loaded is not a plain state_dict)"
       ) from None
 
   def persistent_load(self, pid):
     n = 6 if self._legacy else 5
-    if not (isinstance(pid, tuple) and len(pid) == n and pid[0] == "storage"
-            and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
-            and type(pid[4]) is int and pid[4] >= 0):
+    if not (
+      isinstance(pid, tuple)
+      and len(pid) == n
+      and pid[0] == "storage"
+      and isinstance(pid[1], _StorageType)
+      and isinstance(pid[2], str)
+      and type(pid[4]) is int
+      and pid[4] >= 0
+    ):
       raise TorchFileError(f"{self._path}: unexpected storage reference {pid!r}")
     view = None
     if self._legacy and pid[5] is not None:
       view = pid[5]
-      if not (isinstance(view, tuple) and len(view) == 3 and isinstance(view[0], str)
-              and all(type(v) is int and v >= 0 for v in view[1:])):
+      if not (
+        isinstance(view, tuple)
+        and len(view) == 3
+        and isinstance(view[0], str)
+        and all(type(v) is int and v >= 0 for v in view[1:])
+      ):
         raise TorchFileError(f"{self._path}: unexpected storage view {view!r}")
     return _StorageRef(pid[2], pid[1], pid[4], view)
 
@@ -174,15 +187,19 @@ def _unpickle(data: bytes | io.BufferedIOBase, path: str, legacy: bool):
   except TorchFileError:
     raise
   except Exception as e:  # any malformed or truncated pickle
-    raise TorchFileError(f"{path} is not a readable torch file: its pickle is malformed or "
-                         f"truncated ({type(e).__name__}: {e})") from None
+    raise TorchFileError(
+      f"{path} is not a readable torch file: its pickle is malformed or "
+      f"truncated ({type(e).__name__}: {e})"
+    ) from None
 
 
 def _array_from_bytes(raw: bytes, stype: _StorageType, numel: int, order: str, where: str):
   nbytes = numel * stype.dtype.itemsize
   if len(raw) != nbytes:
-    raise TorchFileError(f"{where} holds {len(raw)} bytes, but its {stype.name} of {numel} "
-                         f"elements needs {nbytes} (truncated or corrupt file)")
+    raise TorchFileError(
+      f"{where} holds {len(raw)} bytes, but its {stype.name} of {numel} "
+      f"elements needs {nbytes} (truncated or corrupt file)"
+    )
   arr = np.frombuffer(raw, dtype=stype.dtype.newbyteorder(order))
   if stype.name == "BFloat16Storage":  # bfloat16 is the top half of a float32
     return (arr.astype(np.uint32) << 16).view(np.float32)
@@ -195,32 +212,45 @@ def _materialise(ref: _TensorRef, storage: np.ndarray, name: str, path: str) -> 
   last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride, strict=True))
   if last >= storage.size:
     raise TorchFileError(
-        f"{path}: tensor {name!r} (size {ref.size}, stride {ref.stride}, offset {ref.offset}) "
-        f"reaches element {last} of a storage of {storage.size}")
-  base = storage[ref.offset:]
+      f"{path}: tensor {name!r} (size {ref.size}, stride {ref.stride}, offset {ref.offset}) "
+      f"reaches element {last} of a storage of {storage.size}"
+    )
+  base = storage[ref.offset :]
   # A stride of a length-1 dimension is never used (and may be anything, even huge).
-  strides = tuple(s * storage.itemsize if n > 1 else 0
-                  for n, s in zip(ref.size, ref.stride, strict=True))
+  strides = tuple(
+    s * storage.itemsize if n > 1 else 0 for n, s in zip(ref.size, ref.stride, strict=True)
+  )
   return np.lib.stride_tricks.as_strided(base, ref.size, strides, writeable=False).copy()
 
 
 def _check_state_dict_object(obj, path: str) -> dict[str, _TensorRef]:
   if not isinstance(obj, dict):
-    raise TorchFileError(f"{path} holds a {type(obj).__name__}, not a state_dict "
-                         "(a mapping of parameter names to tensors)")
+    raise TorchFileError(
+      f"{path} holds a {type(obj).__name__}, not a state_dict "
+      "(a mapping of parameter names to tensors)"
+    )
   # dict.items, not obj.items: BUILD may have put an `items` attribute on the instance.
   items = list(dict.items(obj))
   for name, value in items:
     if not isinstance(name, str) or not isinstance(value, _TensorRef):
-      raise TorchFileError(f"{path}: state_dict entry {name!r} is a {type(value).__name__}, "
-                           "not a tensor")
+      raise TorchFileError(
+        f"{path}: state_dict entry {name!r} is a {type(value).__name__}, not a tensor"
+      )
   return dict(items)
 
 
 # What zipfile raises for damaged, truncated or unusual (encrypted, exotic compression)
 # archives.
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError,
-               RuntimeError, ValueError, zlib.error)
+_ZIP_ERRORS = (
+  zipfile.BadZipFile,
+  zipfile.LargeZipFile,
+  OSError,
+  EOFError,
+  NotImplementedError,
+  RuntimeError,
+  ValueError,
+  zlib.error,
+)
 
 
 def _zip_read(archive: zipfile.ZipFile, name: str, path: str) -> bytes:
@@ -234,18 +264,24 @@ def _read_zip(path: str, file_size: int) -> dict[str, np.ndarray]:
   try:
     archive = zipfile.ZipFile(path)
   except _ZIP_ERRORS as e:
-    raise TorchFileError(f"{path} is not a readable torch file: {e} (truncated download?)") \
-        from None
+    raise TorchFileError(
+      f"{path} is not a readable torch file: {e} (truncated download?)"
+    ) from None
   with archive:
     pickles = [n for n in archive.namelist() if re.fullmatch(r"[^/]+/data\.pkl", n)]
     if len(pickles) != 1:
-      raise TorchFileError(f"{path} is a zip file but not a torch checkpoint: it has "
-                           f"{len(pickles)} '<archive>/data.pkl' entries, expected 1")
+      raise TorchFileError(
+        f"{path} is a zip file but not a torch checkpoint: it has "
+        f"{len(pickles)} '<archive>/data.pkl' entries, expected 1"
+      )
     prefix = pickles[0][: -len("data.pkl")]
     data_pkl = _zip_read(archive, pickles[0], path)
     order_name = prefix + "byteorder"
-    byteorder = (_zip_read(archive, order_name, path).decode("ascii", "replace").strip()
-                 if order_name in archive.namelist() else "little")
+    byteorder = (
+      _zip_read(archive, order_name, path).decode("ascii", "replace").strip()
+      if order_name in archive.namelist()
+      else "little"
+    )
     if byteorder not in ("little", "big"):
       raise TorchFileError(f"{path}: unknown byte order {byteorder!r}")
     order = "<" if byteorder == "little" else ">"
@@ -262,11 +298,14 @@ def _read_zip(path: str, file_size: int) -> dict[str, np.ndarray]:
         except KeyError:
           raise TorchFileError(f"{path}: storage {entry} of tensor {name!r} is missing") from None
         if info.file_size > _MAX_EXPANSION * max(file_size, 1):
-          raise TorchFileError(f"{path}: zip entry {entry} claims {info.file_size} bytes, "
-                               "far more than the file could hold")
+          raise TorchFileError(
+            f"{path}: zip entry {entry} claims {info.file_size} bytes, "
+            "far more than the file could hold"
+          )
         raw = _zip_read(archive, entry, path)
-        storages[sref.key] = _array_from_bytes(raw, sref.type, sref.numel, order,
-                                               f"{path}: storage {entry}")
+        storages[sref.key] = _array_from_bytes(
+          raw, sref.type, sref.numel, order, f"{path}: storage {entry}"
+        )
       out[name] = _materialise(ref, storages[sref.key], name, path)
   return out
 
@@ -283,8 +322,10 @@ def _read_legacy(path: str, file_size: int) -> dict[str, np.ndarray]:
     if not isinstance(sys_info, dict) or not sys_info.get("little_endian", False):
       # Writers of this layout put raw bytes in the saving machine's order; only
       # little-endian machines are known to have made EDSR files.
-      raise TorchFileError(f"{path}: legacy torch file from a big-endian machine "
-                           f"(system info {sys_info!r}); re-save it with a current torch")
+      raise TorchFileError(
+        f"{path}: legacy torch file from a big-endian machine "
+        f"(system info {sys_info!r}); re-save it with a current torch"
+      )
     state = _check_state_dict_object(_unpickle(f, path, legacy=True), path)
     keys = _unpickle(f, path, legacy=True)
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
@@ -300,13 +341,15 @@ def _read_legacy(path: str, file_size: int) -> dict[str, np.ndarray]:
       if key not in refs:
         raise TorchFileError(f"{path}: storage {key} is not used by any tensor")
       if numel != refs[key].numel:
-        raise TorchFileError(f"{path}: storage {key} holds {numel} elements, its reference "
-                             f"says {refs[key].numel}")
+        raise TorchFileError(
+          f"{path}: storage {key} holds {numel} elements, its reference says {refs[key].numel}"
+        )
       stype = refs[key].type
       nbytes = numel * stype.dtype.itemsize
       if nbytes > file_size - f.tell():
-        raise TorchFileError(f"{path} is truncated: storage {key} needs {nbytes} bytes, "
-                             f"{file_size - f.tell()} remain")
+        raise TorchFileError(
+          f"{path} is truncated: storage {key} needs {nbytes} bytes, {file_size - f.tell()} remain"
+        )
       raw = f.read(nbytes)
       storages[key] = _array_from_bytes(raw, stype, numel, "<", f"{path}: storage {key}")
 
@@ -320,7 +363,7 @@ def _read_legacy(path: str, file_size: int) -> dict[str, np.ndarray]:
       _, start, size = sref.view
       if start + size > storage.size:
         raise TorchFileError(f"{path}: storage view {sref.view} exceeds its storage")
-      storage = storage[start:start + size]
+      storage = storage[start : start + size]
     out[name] = _materialise(ref, storage, name, path)
   return out
 
@@ -344,18 +387,24 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # a pickle's PROTO opcode
     return _read_legacy(path, file_size)
   if file_size > 512 and tarfile.is_tarfile(path):
-    raise TorchFileError(f"{path} is in torch's tar format (torch < 0.4), which is not "
-                         "supported: load and re-save it with torch.save")
-  raise TorchFileError(f"{path} is not a torch weights file (neither the zip layout of "
-                       "torch >= 1.6 nor the legacy pickle layout)")
+    raise TorchFileError(
+      f"{path} is in torch's tar format (torch < 0.4), which is not "
+      "supported: load and re-save it with torch.save"
+    )
+  raise TorchFileError(
+    f"{path} is not a torch weights file (neither the zip layout of "
+    "torch >= 1.6 nor the legacy pickle layout)"
+  )
 
 
 # --------------------------------------------------------------------------------------
 # Official EDSR / MDSR state_dicts.
 
+
 @dataclasses.dataclass(frozen=True)
 class Architecture:
   """What the weights determine: network, blocks, features and scale(s)."""
+
   model: str  # "edsr" or "mdsr"
   num_blocks: int
   num_features: int
@@ -363,8 +412,10 @@ class Architecture:
 
   def describe(self) -> str:
     scales = ", ".join(f"x{s}" for s in self.scales)
-    return (f"{self.model.upper()}, {self.num_blocks} residual blocks, "
-            f"{self.num_features} features, {scales}")
+    return (
+      f"{self.model.upper()}, {self.num_blocks} residual blocks, "
+      f"{self.num_features} features, {scales}"
+    )
 
 
 class WeightsMismatchError(ValueError):
@@ -386,20 +437,26 @@ def _upsampler_scale(state, prefix: str, features: int) -> int:
   if shape[0] == 4 * features:
     return 4 if f"{prefix}2.weight" in state else 2
   raise WeightsMismatchError(
-      f"{key} has shape {shape}: its {shape[0]} output channels are neither 4 x {features} "
-      f"(an x2 stage) nor 9 x {features} (x3) features, so it is not an EDSR upsampler")
+    f"{key} has shape {shape}: its {shape[0]} output channels are neither 4 x {features} "
+    f"(an x2 stage) nor 9 x {features} (x3) features, so it is not an EDSR upsampler"
+  )
 
 
 def _scale_shape_note(scale: int, features: int) -> str:
   out = 9 * features if scale == 3 else 4 * features
-  second = ("a second x2 stage tail.0.2.weight" if scale == 4 else "no tail.0.2.weight")
+  second = "a second x2 stage tail.0.2.weight" if scale == 4 else "no tail.0.2.weight"
   return f"tail.0.0.weight of shape ({out}, {features}, 3, 3) and {second}"
 
 
-def detect_architecture(state: Mapping[str, np.ndarray], *, model: str | None = None,
-                        scale: int | None = None, scales: tuple[int, ...] | None = None,
-                        num_blocks: int | None = None,
-                        num_features: int | None = None) -> Architecture:
+def detect_architecture(
+  state: Mapping[str, np.ndarray],
+  *,
+  model: str | None = None,
+  scale: int | None = None,
+  scales: tuple[int, ...] | None = None,
+  num_blocks: int | None = None,
+  num_features: int | None = None,
+) -> Architecture:
   """Reads the network from the tensor shapes; each given argument must agree with them.
 
   Raises WeightsMismatchError naming the tensor (and its shape) that contradicts an
@@ -408,27 +465,32 @@ def detect_architecture(state: Mapping[str, np.ndarray], *, model: str | None = 
   head = _shape(state, "head.0.weight")
   if head is None or len(head) != 4:
     raise WeightsMismatchError(
-        f"no conv weight head.0.weight (found {head}): not an official EDSR / MDSR state_dict; "
-        f"its first keys are {list(state)[:5]}")
+      f"no conv weight head.0.weight (found {head}): not an official EDSR / MDSR state_dict; "
+      f"its first keys are {list(state)[:5]}"
+    )
   features = head[0]
   if head[1] != 3:
-    raise WeightsMismatchError(f"head.0.weight has shape {head}: {head[1]} input channels, "
-                               "the networks here take RGB (3)")
+    raise WeightsMismatchError(
+      f"head.0.weight has shape {head}: {head[1]} input channels, the networks here take RGB (3)"
+    )
   if num_features is not None and num_features != features:
-    raise WeightsMismatchError(f"--num_features={num_features}, but head.0.weight has shape "
-                               f"{head}: {features} features")
+    raise WeightsMismatchError(
+      f"--num_features={num_features}, but head.0.weight has shape {head}: {features} features"
+    )
 
   mdsr_keys = [k for k in state if k.startswith("pre_process.")]
   detected_model = "mdsr" if mdsr_keys else "edsr"
   if model is not None and model != detected_model:
     if model == "edsr":
       raise WeightsMismatchError(
-          f"--model=edsr, but the file has MDSR tensor {mdsr_keys[0]} of shape "
-          f"{_shape(state, mdsr_keys[0])} (EDSR has no pre_process stage)")
+        f"--model=edsr, but the file has MDSR tensor {mdsr_keys[0]} of shape "
+        f"{_shape(state, mdsr_keys[0])} (EDSR has no pre_process stage)"
+      )
     raise WeightsMismatchError(
-        f"--model=mdsr, but the file has no pre_process.* tensors (MDSR's per-scale "
-        f"stages); tail.0.0.weight of shape {_shape(state, 'tail.0.0.weight')} is an EDSR "
-        "upsampler")
+      f"--model=mdsr, but the file has no pre_process.* tensors (MDSR's per-scale "
+      f"stages); tail.0.0.weight of shape {_shape(state, 'tail.0.0.weight')} is an EDSR "
+      "upsampler"
+    )
 
   blocks = 0
   while f"body.{blocks}.body.0.weight" in state:
@@ -441,8 +503,9 @@ def detect_architecture(state: Mapping[str, np.ndarray], *, model: str | None = 
       extra = f"body.{num_blocks}.body.0.weight"
       detail = f"{extra} of shape {_shape(state, extra)} is a residual block"
     raise WeightsMismatchError(
-        f"--num_blocks={num_blocks}, but the file has {blocks} residual blocks: {detail}, "
-        f"and {last} of shape {_shape(state, last)} is the body's final conv")
+      f"--num_blocks={num_blocks}, but the file has {blocks} residual blocks: {detail}, "
+      f"and {last} of shape {_shape(state, last)} is the body's final conv"
+    )
   if blocks == 0:
     raise WeightsMismatchError("no residual blocks (no body.0.body.0.weight)")
 
@@ -452,14 +515,16 @@ def detect_architecture(state: Mapping[str, np.ndarray], *, model: str | None = 
     found = _upsampler_scale(state, "tail.0.", features)
     if scale is not None and scale != found:
       raise WeightsMismatchError(
-          f"--scale={scale}, but tail.0.0.weight has shape {_shape(state, 'tail.0.0.weight')}"
-          f"{' with a second stage tail.0.2.weight' if found == 4 else ''}, an x{found} "
-          f"upsampler; x{scale} needs {_scale_shape_note(scale, features)}")
+        f"--scale={scale}, but tail.0.0.weight has shape {_shape(state, 'tail.0.0.weight')}"
+        f"{' with a second stage tail.0.2.weight' if found == 4 else ''}, an x{found} "
+        f"upsampler; x{scale} needs {_scale_shape_note(scale, features)}"
+      )
     return Architecture("edsr", blocks, features, (found,))
 
   if scale is not None:
-    raise WeightsMismatchError("--scale is for EDSR; this MDSR file holds several scales "
-                               "(use --scales to check them)")
+    raise WeightsMismatchError(
+      "--scale is for EDSR; this MDSR file holds several scales (use --scales to check them)"
+    )
   found_scales = []
   while f"upsample.{len(found_scales)}.0.weight" in state:
     i = len(found_scales)
@@ -467,13 +532,17 @@ def detect_architecture(state: Mapping[str, np.ndarray], *, model: str | None = 
   found_scales = tuple(found_scales)
   if not found_scales or len(set(found_scales)) != len(found_scales):
     raise WeightsMismatchError(
-        f"MDSR upsamplers give scales {found_scales} (from upsample.<i>.0.weight); "
-        "expected distinct scales, one per branch")
+      f"MDSR upsamplers give scales {found_scales} (from upsample.<i>.0.weight); "
+      "expected distinct scales, one per branch"
+    )
   if scales is not None and tuple(scales) != found_scales:
-    detail = ", ".join(f"upsample.{i}.0.weight {_shape(state, f'upsample.{i}.0.weight')} "
-                       f"-> x{s}" for i, s in enumerate(found_scales))
+    detail = ", ".join(
+      f"upsample.{i}.0.weight {_shape(state, f'upsample.{i}.0.weight')} -> x{s}"
+      for i, s in enumerate(found_scales)
+    )
     raise WeightsMismatchError(
-        f"--scales={','.join(map(str, scales))}, but the file's upsamplers are {detail}")
+      f"--scales={','.join(map(str, scales))}, but the file's upsamplers are {detail}"
+    )
   return Architecture("mdsr", blocks, features, found_scales)
 
 
@@ -533,11 +602,9 @@ def check_state_dict(state: Mapping[str, np.ndarray], arch: Architecture) -> Non
     problems.append(f"unexpected tensors: {_listing(unexpected)}")
   for key, shape in expected.items():
     if key in state and tuple(state[key].shape) != shape:
-      problems.append(f"{key} has shape {tuple(state[key].shape)}, {arch.describe()} "
-                      f"needs {shape}")
+      problems.append(f"{key} has shape {tuple(state[key].shape)}, {arch.describe()} needs {shape}")
   if problems:
-    raise WeightsMismatchError(f"the file does not hold {arch.describe()}: "
-                               + "; ".join(problems))
+    raise WeightsMismatchError(f"the file does not hold {arch.describe()}: " + "; ".join(problems))
   for key in expected:
     if state[key].dtype.kind != "f":
       raise WeightsMismatchError(f"{key} has dtype {state[key].dtype}, not floating point")
@@ -554,23 +621,30 @@ def _check_mean_shift(state: Mapping[str, np.ndarray]) -> None:
       got = state[key].astype(np.float32)
       if not np.allclose(got, want, rtol=0, atol=1e-3):
         raise WeightsMismatchError(
-            f"{key} is {np.round(got.reshape(-1), 4).tolist()}, but this project's models "
-            f"use the standard DIV2K mean shift ({np.round(want.reshape(-1), 4).tolist()}: "
-            f"rgb_mean {models.DIV2K_RGB_MEAN} x rgb_range {models.RGB_RANGE:g}, std 1); "
-            "weights trained with another mean, std or rgb_range would compute a different "
-            "function here, so they are refused")
+          f"{key} is {np.round(got.reshape(-1), 4).tolist()}, but this project's models "
+          f"use the standard DIV2K mean shift ({np.round(want.reshape(-1), 4).tolist()}: "
+          f"rgb_mean {models.DIV2K_RGB_MEAN} x rgb_range {models.RGB_RANGE:g}, std 1); "
+          "weights trained with another mean, std or rgb_range would compute a different "
+          "function here, so they are refused"
+        )
 
 
 def _conv(state, prefix: str) -> dict[str, np.ndarray]:
   weight = state[f"{prefix}.weight"].astype(np.float32)
-  return {"kernel": np.ascontiguousarray(weight.transpose(2, 3, 1, 0)),  # OIHW -> HWIO
-          "bias": state[f"{prefix}.bias"].astype(np.float32)}
+  return {
+    "kernel": np.ascontiguousarray(weight.transpose(2, 3, 1, 0)),  # OIHW -> HWIO
+    "bias": state[f"{prefix}.bias"].astype(np.float32),
+  }
 
 
 def _res_blocks(state, prefix: str, count: int) -> dict:
-  return {f"block{i}": {"conv1": _conv(state, f"{prefix}.{i}.body.0"),
-                        "conv2": _conv(state, f"{prefix}.{i}.body.2")}
-          for i in range(count)}
+  return {
+    f"block{i}": {
+      "conv1": _conv(state, f"{prefix}.{i}.body.0"),
+      "conv2": _conv(state, f"{prefix}.{i}.body.2"),
+    }
+    for i in range(count)
+  }
 
 
 def _upsampler(state, prefix: str, scale: int) -> dict:

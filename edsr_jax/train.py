@@ -46,13 +46,17 @@ def new_train_state(params, tx) -> TrainState:
 def learning_rate_schedule(config) -> optax.Schedule:
   """The paper's step decay: multiplied by lr_decay_factor every lr_decay_steps."""
   return optax.exponential_decay(
-      config.learning_rate, transition_steps=config.lr_decay_steps,
-      decay_rate=config.lr_decay_factor, staircase=True)
+    config.learning_rate,
+    transition_steps=config.lr_decay_steps,
+    decay_rate=config.lr_decay_factor,
+    staircase=True,
+  )
 
 
 def make_optimizer(config) -> optim.Adam:
-  return optim.Adam(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2,
-                    eps=config.adam_eps)
+  return optim.Adam(
+    learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps
+  )
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -95,8 +99,9 @@ def transfer_params(source, target, where: str):
   out = jax.tree_util.tree_map_with_path(pick, target)
   if missing or mismatched:
     raise config_lib.ConfigError(
-        f"config.init_from={where!r} is a different network: "
-        + "; ".join([f"missing {m}" for m in missing[:5]] + mismatched[:5]))
+      f"config.init_from={where!r} is a different network: "
+      + "; ".join([f"missing {m}" for m in missing[:5]] + mismatched[:5])
+    )
   return out
 
 
@@ -126,40 +131,53 @@ def train_step(state: TrainState, batch, *, model, tx, scale: int):
     return jnp.mean(jnp.abs(sr - hr))
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  params, opt_state = tx.update(grads, state.opt_state, state.params, state.step,
-                                models.active_params(state.params, scale))
+  params, opt_state = tx.update(
+    grads, state.opt_state, state.params, state.step, models.active_params(state.params, scale)
+  )
   finite = jnp.isfinite(loss) & jnp.all(
-      jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+  )
   keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
   new_state = state.replace(
-      step=state.step + 1, params=keep(params, state.params),
-      opt_state=keep(opt_state, state.opt_state),
-      nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
+    step=state.step + 1,
+    params=keep(params, state.params),
+    opt_state=keep(opt_state, state.opt_state),
+    nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
+  )
   return new_state, {"loss": loss, "finite": finite}
 
 
 def make_train_step(model, tx, mesh):
   replicated = NamedSharding(mesh, P())
   return jax.jit(
-      functools.partial(train_step, model=model, tx=tx),
-      static_argnames="scale", donate_argnums=0,
-      out_shardings=(replicated, replicated))
+    functools.partial(train_step, model=model, tx=tx),
+    static_argnames="scale",
+    donate_argnums=0,
+    out_shardings=(replicated, replicated),
+  )
 
 
 def _write_validation(writer, step, predict, params, val_images, scales, config):
   scalars, images = {}, {}
   for s in scales:
     means, _, outputs = evaluation.evaluate(
-        predict, params, val_images, s, config.data.val_convention)
+      predict, params, val_images, s, config.data.val_convention
+    )
     suffix = "" if len(scales) == 1 else f"_x{s}"
     scalars.update({f"val/{k}{suffix}": v for k, v in means.items()})
     n = config.num_image_summaries
     for name, out in zip(val_images.names[:n], outputs[:n], strict=True):
       strip = evaluation.comparison_strip(*out, scale=s, labels=False)
       images[f"val/{name}{suffix}/lr_bicubic_sr_hr"] = strip[None]
-    logging.info("step %d validation x%d: PSNR %.3f dB SSIM %.4f (bicubic %.3f dB / %.4f)",
-                 step, s, means["psnr"], means["ssim"], means["bicubic_psnr"],
-                 means["bicubic_ssim"])
+    logging.info(
+      "step %d validation x%d: PSNR %.3f dB SSIM %.4f (bicubic %.3f dB / %.4f)",
+      step,
+      s,
+      means["psnr"],
+      means["ssim"],
+      means["bicubic_psnr"],
+      means["bicubic_ssim"],
+    )
   writer.write_scalars(step, scalars)
   if images:
     writer.write_images(step, images)
@@ -180,12 +198,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # Data first: a bad folder or a patch larger than an image fails before compiling.
   train_images = data.load_train_images(config, scales)
   sampler = data.PatchSampler(
-      train_images, scales=scales, patch_size=config.patch_size,
-      global_batch=config.batch_size, seed=config.seed, augment=config.augment,
-      process_index=jax.process_index(), process_count=jax.process_count())
+    train_images,
+    scales=scales,
+    patch_size=config.patch_size,
+    global_batch=config.batch_size,
+    seed=config.seed,
+    augment=config.augment,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   val_images = data.load_val_images(config, scales)
-  logging.info("training images: %d; validation images: %d", len(train_images),
-               0 if val_images is None else len(val_images))
+  logging.info(
+    "training images: %d; validation images: %d",
+    len(train_images),
+    0 if val_images is None else len(val_images),
+  )
 
   mesh = make_mesh()
   model = models.create_model(config.model, jnp.dtype(config.model.dtype))
@@ -207,11 +234,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     except Exception as e:  # orbax / tensorstore errors: name the checkpoint, keep it
       first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise config_lib.ConfigError(
-          f"{latest}: cannot resume from this checkpoint, it is corrupt or incomplete "
-          f"({first_line[:300]}); move it out of {checkpoint.checkpoint_dir(workdir)} to "
-          "resume from the one before") from e
-    logging.info("resumed from %s at step %d", checkpoint.checkpoint_dir(workdir),
-                 int(state.step))
+        f"{latest}: cannot resume from this checkpoint, it is corrupt or incomplete "
+        f"({first_line[:300]}); move it out of {checkpoint.checkpoint_dir(workdir)} to "
+        "resume from the one before"
+      ) from e
+    logging.info("resumed from %s at step %d", checkpoint.checkpoint_dir(workdir), int(state.step))
   elif config.init_from:
     state = init_from_checkpoint(state, config.init_from, tx, mesh)
     logging.info("initialised all but the upsampler from %s", config.init_from)
@@ -221,11 +248,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in config_lib.flatten(config).items()
-                          if isinstance(v, int | float | str | bool)})
+    writer.write_hparams(
+      {
+        k: v
+        for k, v in config_lib.flatten(config).items()
+        if isinstance(v, int | float | str | bool)
+      }
+    )
   report = periodic_actions.ReportProgress(
-      num_train_steps=config.num_train_steps, writer=writer,
-      every_steps=config.log_every_steps)
+    num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps
+  )
 
   step_fn = make_train_step(model, tx, mesh)
   predict = evaluation.make_predict_fn(model)
@@ -234,8 +266,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   try:
     pending = []  # per-step metrics (device arrays) since the last log
     batches = data.prefetch_batches(
-        sampler, range(start_step, config.num_train_steps), scales, batch_sharding,
-        config.prefetch_batches)
+      sampler,
+      range(start_step, config.num_train_steps),
+      scales,
+      batch_sharding,
+      config.prefetch_batches,
+    )
     for step, scale, batch in batches:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, step_metrics = step_fn(state, batch, scale=scale)
@@ -250,10 +286,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if streak >= config.max_nonfinite_steps:
           manager.wait_until_finished()
           raise FloatingPointError(
-              f"the loss or gradients were not finite for {int(streak)} steps in a row "
-              f"(up to step {done}); those steps were skipped and nothing non-finite was "
-              f"saved. Latest checkpoint: step {manager.latest_step()}. Lower "
-              f"config.learning_rate or check the data.")
+            f"the loss or gradients were not finite for {int(streak)} steps in a row "
+            f"(up to step {done}); those steps were skipped and nothing non-finite was "
+            f"saved. Latest checkpoint: step {manager.latest_step()}. Lower "
+            f"config.learning_rate or check the data."
+          )
       report(done)
       if val_images is not None and (done % config.eval_every_steps == 0 or is_last):
         with report.timed("eval"):
@@ -262,8 +299,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         checkpoint.save(manager, done, state, config)
       elif preemption.reached(done):
         checkpoint.save(manager, done, state, config)
-        logging.warning("preempted: saved a checkpoint at step %d; run the same command "
-                        "again to resume", done)
+        logging.warning(
+          "preempted: saved a checkpoint at step %d; run the same command again to resume", done
+        )
         break
   finally:
     preemption.close()  # give SIGTERM back to whoever had it (e.g. a notebook)
@@ -275,8 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 def _log_train_metrics(writer, step: int, metrics: list[dict], learning_rate: float):
   finite = np.array([m["finite"] for m in metrics])
   losses = np.array([m["loss"] for m in metrics])[finite]
-  scalars = {"train/learning_rate": learning_rate,
-             "train/nonfinite_steps": int((~finite).sum())}
+  scalars = {"train/learning_rate": learning_rate, "train/nonfinite_steps": int((~finite).sum())}
   if losses.size:
     scalars["train/loss"] = float(losses.mean())
   writer.write_scalars(step, scalars)
@@ -309,4 +346,3 @@ class PreemptionWatch:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
-

@@ -38,15 +38,17 @@ OUTPUT_PATTERN = "{name}_x{scale}_SR.png"
 
 def _define_flags() -> None:
   # Defined only when run as a program, so importing this module defines no flags.
-  flags.DEFINE_string("checkpoint", None, "Training workdir or checkpoint step directory.",
-                      required=True)
+  flags.DEFINE_string(
+    "checkpoint", None, "Training workdir or checkpoint step directory.", required=True
+  )
   flags.DEFINE_string("output_dir", None, "Folder for the upscaled PNGs.", required=True)
   flags.DEFINE_integer("scale", None, "Upscaling factor; optional for a one-scale model.")
-  flags.DEFINE_bool("self_ensemble", False,
-                    "Average the 8 flips/transposes of each input (slower, ~+0.1 dB).")
-  flags.DEFINE_integer("tile_size", None,
-                       "Tile side in LR pixels; default automatic, 0 = whole image.",
-                       lower_bound=0)
+  flags.DEFINE_bool(
+    "self_ensemble", False, "Average the 8 flips/transposes of each input (slower, ~+0.1 dB)."
+  )
+  flags.DEFINE_integer(
+    "tile_size", None, "Tile side in LR pixels; default automatic, 0 = whole image.", lower_bound=0
+  )
 
 
 class UsageProblem(Exception):
@@ -103,8 +105,10 @@ def run(args: list[str]) -> int:
   for f in files:
     target = output_path(output_dir, f, scale)
     if target in targets:
-      raise UsageProblem(f"{targets[target]} and {f} would both be written to {target}; "
-                         "rename one or run them separately")
+      raise UsageProblem(
+        f"{targets[target]} and {f} would both be written to {target}; "
+        "rename one or run them separately"
+      )
     targets[target] = f
 
   _log(f"upscale: {upscaler}; x{scale}; {len(files)} image(s) -> {output_dir}")
@@ -117,12 +121,13 @@ def run(args: list[str]) -> int:
       problems.append(str(e))
       _log(f"[{i}/{len(files)}] {source}: skipped (unreadable)")
       continue
-    sr = upscaler.upscale(lr, scale, self_ensemble=FLAGS.self_ensemble,
-                          tile_size=FLAGS.tile_size)
+    sr = upscaler.upscale(lr, scale, self_ensemble=FLAGS.self_ensemble, tile_size=FLAGS.tile_size)
     image_io.write_image(target, sr)
     written += 1
-    _log(f"[{i}/{len(files)}] {source} ({lr.shape[1]}x{lr.shape[0]}) -> {target} "
-         f"({sr.shape[1]}x{sr.shape[0]}, {time.perf_counter() - start:.1f} s)")
+    _log(
+      f"[{i}/{len(files)}] {source} ({lr.shape[1]}x{lr.shape[0]}) -> {target} "
+      f"({sr.shape[1]}x{sr.shape[0]}, {time.perf_counter() - start:.1f} s)"
+    )
   print(f"wrote {written} image(s) to {output_dir}")
   for problem in problems:
     _log(f"upscale: error: {' '.join(problem.split())}")

@@ -13,8 +13,17 @@ PRESETS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
 
 
 def test_all_presets_exist():
-  assert set(PRESETS) >= {"edsr_baseline_x2", "edsr_baseline_x3", "edsr_baseline_x4", "edsr_x2",
-                          "edsr_x3", "edsr_x4", "mdsr_baseline", "mdsr", "demo"}
+  assert set(PRESETS) >= {
+    "edsr_baseline_x2",
+    "edsr_baseline_x3",
+    "edsr_baseline_x4",
+    "edsr_x2",
+    "edsr_x3",
+    "edsr_x4",
+    "mdsr_baseline",
+    "mdsr",
+    "demo",
+  }
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -38,7 +47,9 @@ def _demo():
   return config_lib.load_config_file(ROOT / "configs" / "demo.py")
 
 
-@pytest.mark.parametrize("key,value,match", [
+@pytest.mark.parametrize(
+  "key,value,match",
+  [
     ("model.scale", 5, r"config.model.scale=5 is invalid: allowed one of \(2, 3, 4\)"),
     ("learning_rate", -1e-4, r"config.learning_rate=-0.0001 is invalid: allowed a finite"),
     ("model.name", "srcnn", r"config.model.name='srcnn' is invalid: allowed one of"),
@@ -46,7 +57,8 @@ def _demo():
     ("num_train_steps", 0, r"config.num_train_steps=0 is invalid: allowed a positive"),
     ("model.res_scale", 2.0, r"config.model.res_scale=2.0 is invalid"),
     ("model.dtype", "int8", r"config.model.dtype='int8' is invalid: allowed one of"),
-])
+  ],
+)
 def test_invalid_value_is_refused_naming_key(key, value, match):
   config = _demo()
   section, _, leaf = key.rpartition(".")
@@ -81,17 +93,29 @@ def test_batch_must_divide_over_devices():
 
 def test_patch_larger_than_smallest_image_refused():
   images = data.load_demo(["chelsea", "astronaut"], [2])  # chelsea x2 is 225x150 LR
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"config.patch_size=200 is larger than the smallest training "
-                     r"image at x2: chelsea is 225x150 LR pixels; allowed at most 150"):
+  with pytest.raises(
+    config_lib.ConfigError,
+    match=r"config.patch_size=200 is larger than the smallest training "
+    r"image at x2: chelsea is 225x150 LR pixels; allowed at most 150",
+  ):
     data.PatchSampler(images, scales=[2], patch_size=200, global_batch=4, seed=0)
 
 
 def _run_main(tmp_path, *overrides):
   return subprocess.run(
-      [sys.executable, "-m", "edsr_jax.main", "--config=configs/demo.py",
-       f"--workdir={tmp_path / 'run'}", *overrides],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "edsr_jax.main",
+      "--config=configs/demo.py",
+      f"--workdir={tmp_path / 'run'}",
+      *overrides,
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_cli_refuses_bad_value_before_compiling(tmp_path):

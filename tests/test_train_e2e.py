@@ -19,23 +19,29 @@ from edsr_jax import checkpoint
 
 ROOT = pathlib.Path(__file__).parent.parent
 TINY = [
-    "--config=configs/demo.py",
-    "--config.model.num_blocks=1",
-    "--config.model.num_features=8",
-    "--config.patch_size=16",
-    "--config.batch_size=4",
-    "--config.log_every_steps=1",
-    "--config.checkpoint_every_steps=5",
-    "--config.eval_every_steps=1000",
-    "--config.max_checkpoints_to_keep=2",
-    "--config.data.demo_val_images=('chelsea',)",
+  "--config=configs/demo.py",
+  "--config.model.num_blocks=1",
+  "--config.model.num_features=8",
+  "--config.patch_size=16",
+  "--config.batch_size=4",
+  "--config.log_every_steps=1",
+  "--config.checkpoint_every_steps=5",
+  "--config.eval_every_steps=1000",
+  "--config.max_checkpoints_to_keep=2",
+  "--config.data.demo_val_images=('chelsea',)",
 ]
 STEPS = 30
 
 
 def _cmd(workdir, steps):
-  return [sys.executable, "-m", "edsr_jax.main", *TINY, f"--workdir={workdir}",
-          f"--config.num_train_steps={steps}"]
+  return [
+    sys.executable,
+    "-m",
+    "edsr_jax.main",
+    *TINY,
+    f"--workdir={workdir}",
+    f"--config.num_train_steps={steps}",
+  ]
 
 
 def _env():
@@ -51,17 +57,24 @@ def _finished_steps(workdir):
 
 def test_kill_and_resume_continues_exactly(tmp_path):
   reference = tmp_path / "reference"
-  subprocess.run(_cmd(reference, STEPS), cwd=ROOT, env=_env(), check=True,
-                 capture_output=True, timeout=300)
+  subprocess.run(
+    _cmd(reference, STEPS), cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=300
+  )
   ref_loss = read_scalars(reference, "train/loss")
   assert sorted(ref_loss) == list(range(1, STEPS + 1))
   assert np.mean([ref_loss[s] for s in range(21, 31)]) < np.mean(
-      [ref_loss[s] for s in range(1, 11)])  # it learns
+    [ref_loss[s] for s in range(1, 11)]
+  )  # it learns
 
   # Kill a long run with SIGKILL as soon as it has a finished checkpoint at step >= 10.
   workdir = tmp_path / "run"
-  proc = subprocess.Popen(_cmd(workdir, 100_000), cwd=ROOT, env=_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    _cmd(workdir, 100_000),
+    cwd=ROOT,
+    env=_env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   deadline = time.time() + 240
   while not any(s >= 10 for s in _finished_steps(workdir)):
     assert proc.poll() is None, "training exited before it could be killed"
@@ -73,8 +86,9 @@ def test_kill_and_resume_continues_exactly(tmp_path):
   assert resume_from < STEPS
   first_events = set(workdir.glob("events.out.tfevents.*"))
 
-  resumed = subprocess.run(_cmd(workdir, STEPS), cwd=ROOT, env=_env(), capture_output=True,
-                           text=True, timeout=300)
+  resumed = subprocess.run(
+    _cmd(workdir, STEPS), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"at step {resume_from}" in resumed.stderr
   (new_events,) = set(workdir.glob("events.out.tfevents.*")) - first_events
@@ -91,10 +105,17 @@ def test_kill_and_resume_continues_exactly(tmp_path):
 
 def test_resume_refuses_different_network(tmp_path):
   workdir = tmp_path / "run"
-  subprocess.run(_cmd(workdir, 5), cwd=ROOT, env=_env(), check=True, capture_output=True,
-                 timeout=300)
-  other = subprocess.run(_cmd(workdir, 10) + ["--config.model.num_features=16"], cwd=ROOT,
-                         env=_env(), capture_output=True, text=True, timeout=300)
+  subprocess.run(
+    _cmd(workdir, 5), cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=300
+  )
+  other = subprocess.run(
+    _cmd(workdir, 10) + ["--config.model.num_features=16"],
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert other.returncode != 0
   assert "holds a checkpoint of a different network" in other.stderr
   assert "model.num_features: checkpoint 8, config 16" in other.stderr
@@ -103,15 +124,17 @@ def test_resume_refuses_different_network(tmp_path):
 
 def test_corrupt_latest_checkpoint_is_a_clear_error_and_is_kept(tmp_path):
   workdir = tmp_path / "run"
-  subprocess.run(_cmd(workdir, 10), cwd=ROOT, env=_env(), check=True, capture_output=True,
-                 timeout=300)
+  subprocess.run(
+    _cmd(workdir, 10), cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=300
+  )
   latest = pathlib.Path(checkpoint.checkpoint_dir(workdir)) / "10"
   data_files = [p for p in (latest / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
   assert data_files
   for p in data_files:
     p.write_bytes(p.read_bytes()[:16])
-  result = subprocess.run(_cmd(workdir, 20), cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(
+    _cmd(workdir, 20), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+  )
   assert result.returncode != 0
   assert f"error: {latest}: cannot resume from this checkpoint" in result.stderr
   # No traceback through our code (orbax may still print its own asyncio noise at exit).
