@@ -28,19 +28,15 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 import time
 
-import numpy as np
 from absl import app, flags
 
-from edsr_jax import data, evaluation, image_io, inference, logs, metrics
-from edsr_jax.config_lib import ConfigError
+from edsr_jax import cli, data, errors, image_io, inference, metrics, tfds_data
 
 FLAGS = flags.FLAGS
 DEFAULT_DATASETS = ("Set5", "Set14", "B100", "Urban100")
 DIV2K = "DIV2K"
-SR_PATTERN = "{name}_x{scale}_SR.png"
 
 
 def _define_flags() -> None:
@@ -72,28 +68,20 @@ def _define_flags() -> None:
   )
 
 
-class EvaluateError(Exception):
-  """An input problem reported as one line, without a traceback."""
-
-
-def _log(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
-
-
 def dataset_root(benchmark_dir: pathlib.Path, name: str) -> pathlib.Path:
   """The folder of dataset `name`; an error listing the datasets that do exist."""
   if name == DIV2K:
     for root in (benchmark_dir, benchmark_dir / DIV2K):
       if (root / "DIV2K_valid_HR").is_dir():
         return root
-    raise EvaluateError(
+    raise errors.UserError(
       f"no DIV2K validation set: neither {benchmark_dir} nor "
       f"{benchmark_dir / DIV2K} holds DIV2K_valid_HR/"
     )
   root = benchmark_dir / name
   if not root.is_dir():
     present = sorted(p.name for p in benchmark_dir.iterdir() if p.is_dir())
-    raise EvaluateError(
+    raise errors.UserError(
       f"dataset {name}: no folder {root}; {benchmark_dir} holds "
       f"{', '.join(present) if present else 'no folders'}"
     )
@@ -106,15 +94,15 @@ def parse_scales(values, served: tuple[int, ...]) -> tuple[int, ...]:
   try:
     wanted = tuple(int(v) for v in values)
   except ValueError:
-    raise EvaluateError(f"--scales must be integers, got {','.join(values)}") from None
+    raise errors.UserError(f"--scales must be integers, got {','.join(values)}") from None
   scales = tuple(s for s in wanted if s in served)
   if not scales:
-    raise EvaluateError(
+    raise errors.UserError(
       f"the model serves {', '.join(f'x{s}' for s in served)}, none of --scales={','.join(values)}"
     )
   skipped = [s for s in wanted if s not in served]
   if skipped:
-    _log(f"evaluate: skipping {', '.join(f'x{s}' for s in skipped)}: not served by the model")
+    cli.log(f"evaluate: skipping {', '.join(f'x{s}' for s in skipped)}: not served by the model")
   return scales
 
 
@@ -129,26 +117,35 @@ def score_dataset(
   tile_size,
   save_dir: pathlib.Path | None,
 ) -> dict:
-  """Mean PSNR/SSIM of the model and of bicubic over one dataset at one scale."""
-  rows = []
-  for i, image_name in enumerate(images.names):
-    start = time.perf_counter()
-    lr, hr = images.pair(i, scale)
-    sr = upscaler.upscale(lr, scale, self_ensemble=self_ensemble, tile_size=tile_size)
-    bicubic = evaluation.bicubic_upscale(lr, scale)
-    model_scores = metrics.evaluate_pair(sr, hr, scale=scale, convention=convention)
-    bicubic_scores = metrics.evaluate_pair(bicubic, hr, scale=scale, convention=convention)
-    rows.append({**model_scores, **{f"bicubic_{k}": v for k, v in bicubic_scores.items()}})
+  """Mean PSNR/SSIM of the model and of bicubic over one dataset at one scale.
+
+  Progress on stderr, one line per image; the SR images go to `save_dir` if given.
+  """
+  done = []
+  start = [time.perf_counter()]
+
+  def report(row, lr, bicubic, sr, hr):
     if save_dir is not None:
-      image_io.write_image(save_dir / SR_PATTERN.format(name=image_name, scale=scale), sr)
-    _log(
-      f"{name} x{scale} [{i + 1}/{len(images)}] {image_name}: "
-      f"{model_scores['psnr']:.2f} dB / {model_scores['ssim']:.4f} "
-      f"(bicubic {bicubic_scores['psnr']:.2f} / {bicubic_scores['ssim']:.4f}, "
-      f"{time.perf_counter() - start:.1f} s)"
+      image_io.write_image(save_dir / image_io.SR_PATTERN.format(name=row["name"], scale=scale), sr)
+    done.append(row["name"])
+    cli.log(
+      f"{name} x{scale} [{len(done)}/{len(images)}] {row['name']}: "
+      f"{row['psnr']:.2f} dB / {row['ssim']:.4f} "
+      f"(bicubic {row['bicubic_psnr']:.2f} / {row['bicubic_ssim']:.4f}, "
+      f"{time.perf_counter() - start[0]:.1f} s)"
     )
-  keys = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
-  return {k: float(np.mean([row[k] for row in rows])) for k in keys}
+    start[0] = time.perf_counter()
+
+  means, _ = metrics.score(
+    upscaler,
+    images,
+    scale,
+    convention,
+    self_ensemble=self_ensemble,
+    tile_size=tile_size,
+    each=report,
+  )
+  return means
 
 
 def format_table(results: dict, model_label: str) -> str:
@@ -183,24 +180,20 @@ def _from_tfds(name: str) -> bool:
 
 
 def run() -> dict:
-  logs.quiet_library_logs()
   if not FLAGS.datasets:
-    raise EvaluateError("--datasets is empty")
+    raise errors.UserError("--datasets is empty")
   roots = {}
   if not all(_from_tfds(name) for name in FLAGS.datasets):
     benchmark_dir = pathlib.Path(FLAGS.benchmark_dir or "")
     if not FLAGS.benchmark_dir or not benchmark_dir.is_dir():
-      raise EvaluateError(f"--benchmark_dir {FLAGS.benchmark_dir!r} is not an existing folder")
+      raise errors.UserError(f"--benchmark_dir {FLAGS.benchmark_dir!r} is not an existing folder")
     # Every dataset folder is checked before anything slow happens.
     roots = {
       name: dataset_root(benchmark_dir, name) for name in FLAGS.datasets if not _from_tfds(name)
     }
-  try:
-    upscaler = inference.load(FLAGS.checkpoint)
-  except inference.CheckpointError as e:
-    raise EvaluateError(str(e)) from None
+  upscaler = inference.load(FLAGS.checkpoint)
   scales = parse_scales(FLAGS.scales, upscaler.scales)
-  _log(
+  cli.log(
     f"evaluate: {upscaler}; {', '.join(FLAGS.datasets)} at {', '.join(f'x{s}' for s in scales)}"
     f"{' with self-ensemble' if FLAGS.self_ensemble else ''}"
   )
@@ -209,8 +202,6 @@ def run() -> dict:
   for name in FLAGS.datasets:
     try:
       if _from_tfds(name):
-        from edsr_jax import tfds_data  # imports TensorFlow: only when asked for
-
         images = tfds_data.load(
           "div2k/bicubic_x{scale}",
           scales,
@@ -220,8 +211,8 @@ def run() -> dict:
         )
       else:
         images = data.load_folder(roots[name], scales, split="valid", max_images=FLAGS.max_images)
-    except (ConfigError, image_io.ImageError) as e:
-      raise EvaluateError(f"dataset {name}: {e}") from None
+    except (errors.ConfigError, errors.ImageError) as e:
+      raise type(e)(f"dataset {name}: {e}") from None
     convention = "div2k" if name == DIV2K else "benchmark"
     for s in scales:
       save_dir = None
@@ -247,19 +238,16 @@ def run() -> dict:
       out.parent.mkdir(parents=True, exist_ok=True)
       out.write_text(json.dumps(results, indent=2) + "\n")
     except OSError as e:
-      raise EvaluateError(f"cannot write --output_json {out}: {e}") from None
+      raise errors.UserError(f"cannot write --output_json {out}: {e}") from None
   return results
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    run()
-  except EvaluateError as e:
-    sys.exit(f"evaluate: error: {' '.join(str(e).split())}")
+  run()
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

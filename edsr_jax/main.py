@@ -11,13 +11,12 @@ same command on every worker (JAX finds the others); elsewhere add
 
 import glob
 import os
-import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from edsr_jax import config_lib, image_io, logs, train
+from edsr_jax import cli, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs.")
@@ -56,7 +55,6 @@ def on_cloud_tpu_vm() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logs.quiet_library_logs()
   initialize_distributed()
   logging.info(
     "process %d of %d, %d local devices of %d",
@@ -66,11 +64,8 @@ def main(argv):
     jax.device_count(),
   )
   logging.info("config:\n%s", FLAGS.config)
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (config_lib.ConfigError, image_io.ImageError, FloatingPointError) as e:
-    sys.exit(f"error: {e}")  # a bad input, not a bug: the message says what to fix
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -24,7 +24,10 @@ from jax.sharding import PartitionSpec as P
 # DIV2K RGB mean on the 0..1 scale, from the official code (`rgb_mean`).
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 RGB_RANGE = 255.0
-SUPPORTED_SCALES = (2, 3, 4)
+# Per scale, the pixel-shuffle factors of the upsampler's stages (x4: two x2 stages). The
+# official networks' layout; inference (receptive field) and the weights import read it.
+UPSAMPLE_STAGES = {2: (2,), 3: (3,), 4: (2, 2)}
+SCALES = tuple(UPSAMPLE_STAGES)
 
 
 def _reshape_keep_batch_sharding(x: jnp.ndarray, shape: tuple[int, ...]) -> jnp.ndarray:
@@ -87,8 +90,7 @@ class Upsampler(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    stages = {2: (2,), 3: (3,), 4: (2, 2)}[self.scale]
-    for i, r in enumerate(stages):
+    for i, r in enumerate(UPSAMPLE_STAGES[self.scale]):
       x = _conv(self.features * r * r, 3, self.dtype, name=f"conv{i}")(x)
       x = pixel_shuffle(x, r)
     return x
@@ -158,7 +160,7 @@ class MDSR(nn.Module):
   parameters exist.
   """
 
-  scales: Sequence[int] = SUPPORTED_SCALES
+  scales: Sequence[int] = SCALES
   num_blocks: int = 16
   num_features: int = 64
   res_scale: float = 1.0

@@ -18,12 +18,11 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from edsr_jax import checkpoint, config_lib, data, evaluation, models, optim
+from edsr_jax import checkpoint, config_lib, data, errors, inference, metrics, models, optim
 
 DATA_AXIS = "data"
 
@@ -74,47 +73,6 @@ def create_train_state(config, model, tx, mesh, rng) -> TrainState:
   return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(rng)
 
 
-def transfer_params(source, target, where: str):
-  """`target` with every parameter but the upsamplers copied from `source`.
-
-  The paper initialises x3/x4 EDSR from the trained x2 network this way. A parameter
-  that is missing from `source` or has another shape there is an error: the two networks
-  differ in more than their upsampler.
-  """
-  flat_source = dict(jax.tree_util.tree_leaves_with_path(source))
-  missing, mismatched = [], []
-
-  def pick(path, value):
-    name = jax.tree_util.keystr(path)
-    if str(path[0].key).startswith("upsample"):
-      return value
-    if path not in flat_source:
-      missing.append(name)
-      return value
-    if flat_source[path].shape != value.shape:
-      mismatched.append(f"{name}: {flat_source[path].shape} there, {value.shape} here")
-      return value
-    return jnp.asarray(flat_source[path], value.dtype)
-
-  out = jax.tree_util.tree_map_with_path(pick, target)
-  if missing or mismatched:
-    raise config_lib.ConfigError(
-      f"config.init_from={where!r} is a different network: "
-      + "; ".join([f"missing {m}" for m in missing[:5]] + mismatched[:5])
-    )
-  return out
-
-
-def init_from_checkpoint(state: TrainState, path: str, tx, mesh) -> TrainState:
-  """Starts from another run's parameters (all but the upsampler), with fresh Adam state."""
-  from edsr_jax import inference  # the loader that rebuilds a model from its checkpoint
-
-  source = inference.load(path).params
-  params = transfer_params(jax.device_get(source), jax.device_get(state.params), path)
-  params = jax.device_put(params, NamedSharding(mesh, P()))
-  return state.replace(params=params, opt_state=tx.init(params))
-
-
 def train_step(state: TrainState, batch, *, model, tx, scale: int):
   """One Adam step on the L1 loss (0..255 scale, as in the paper).
 
@@ -157,17 +115,19 @@ def make_train_step(model, tx, mesh):
   )
 
 
-def _write_validation(writer, step, predict, params, val_images, scales, config):
+def _write_validation(writer, step, upscaler, val_images, scales, config):
   scalars, images = {}, {}
   for s in scales:
-    means, _, outputs = evaluation.evaluate(
-      predict, params, val_images, s, config.data.val_convention
-    )
+    strips = []
+
+    def keep_strip(row, lr, bicubic, sr, hr, s=s, strips=strips):
+      if len(strips) < config.num_image_summaries:
+        strips.append((row["name"], metrics.comparison_strip(lr, bicubic, sr, hr, s, labels=False)))
+
+    means, _ = metrics.score(upscaler, val_images, s, config.data.val_convention, each=keep_strip)
     suffix = "" if len(scales) == 1 else f"_x{s}"
     scalars.update({f"val/{k}{suffix}": v for k, v in means.items()})
-    n = config.num_image_summaries
-    for name, out in zip(val_images.names[:n], outputs[:n], strict=True):
-      strip = evaluation.comparison_strip(*out, scale=s, labels=False)
+    for name, strip in strips:
       images[f"val/{name}{suffix}/lr_bicubic_sr_hr"] = strip[None]
     logging.info(
       "step %d validation x%d: PSNR %.3f dB SSIM %.4f (bicubic %.3f dB / %.4f)",
@@ -186,11 +146,12 @@ def _write_validation(writer, step, predict, params, val_images, scales, config)
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (resuming from the latest checkpoint in `workdir`) and validates periodically."""
-  # CLU's writers import TensorFlow (seconds); tools that only need TrainState skip it.
+  # Deferred: CLU's writers import TensorFlow (seconds); tools that only need TrainState
+  # skip it.
   from clu import metric_writers, periodic_actions
 
   config_lib.validate(config, jax.device_count())
-  workdir = epath.Path(workdir)
+  workdir = checkpoint.absolute(workdir)  # relative to the current directory; gs:// as is
   workdir.mkdir(parents=True, exist_ok=True)
   is_chief = jax.process_index() == 0
   scales = models.model_scales(config.model)
@@ -224,23 +185,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   manager = checkpoint.make_manager(workdir, config.max_checkpoints_to_keep)
   if manager.latest_step() is not None:
-    latest = checkpoint.checkpoint_dir(workdir) / str(manager.latest_step())
-    try:
-      saved_config = checkpoint.restore_config(manager)
-      checkpoint.check_same_model(saved_config, config, str(workdir))
-      state = checkpoint.restore_state(manager, state)
-    except config_lib.ConfigError:
-      raise
-    except Exception as e:  # orbax / tensorstore errors: name the checkpoint, keep it
-      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise config_lib.ConfigError(
-        f"{latest}: cannot resume from this checkpoint, it is corrupt or incomplete "
-        f"({first_line[:300]}); move it out of {checkpoint.checkpoint_dir(workdir)} to "
-        "resume from the one before"
-      ) from e
-    logging.info("resumed from %s at step %d", checkpoint.checkpoint_dir(workdir), int(state.step))
+    state = checkpoint.resume(manager, state, config)
+    logging.info("resumed from %s at step %d", manager.directory, int(state.step))
   elif config.init_from:
-    state = init_from_checkpoint(state, config.init_from, tx, mesh)
+    state = checkpoint.init_from(state, config.init_from, tx, mesh)
     logging.info("initialised all but the upsampler from %s", config.init_from)
   start_step = int(state.step)
   if is_chief:
@@ -260,7 +208,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   )
 
   step_fn = make_train_step(model, tx, mesh)
-  predict = evaluation.make_predict_fn(model)
+  # Validation runs the network as inference does (tiled: bounded memory on large images)
+  # with the current parameters, set before each use (the state is donated to each step).
+  upscaler = inference.Upscaler(config, params=None)
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
   preemption = PreemptionWatch()
   try:
@@ -284,8 +234,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         pending = []
         _log_train_metrics(writer, done, fetched, float(schedule(step)))
         if streak >= config.max_nonfinite_steps:
-          manager.wait_until_finished()
-          raise FloatingPointError(
+          raise errors.DivergedError(
             f"the loss or gradients were not finite for {int(streak)} steps in a row "
             f"(up to step {done}); those steps were skipped and nothing non-finite was "
             f"saved. Latest checkpoint: step {manager.latest_step()}. Lower "
@@ -294,7 +243,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       report(done)
       if val_images is not None and (done % config.eval_every_steps == 0 or is_last):
         with report.timed("eval"):
-          _write_validation(writer, done, predict, state.params, val_images, scales, config)
+          upscaler.params = state.params
+          _write_validation(writer, done, upscaler, val_images, scales, config)
       if done % config.checkpoint_every_steps == 0 or is_last:
         checkpoint.save(manager, done, state, config)
       elif preemption.reached(done):
@@ -305,8 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         break
   finally:
     preemption.close()  # give SIGTERM back to whoever had it (e.g. a notebook)
-  manager.wait_until_finished()
-  writer.flush()
+    writer.flush()
   return state
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from edsr_jax import config_lib, data
+from edsr_jax import config_lib, data, errors
 
 ROOT = pathlib.Path(__file__).parent.parent
 PRESETS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
@@ -63,7 +63,7 @@ def test_invalid_value_is_refused_naming_key(key, value, match):
   config = _demo()
   section, _, leaf = key.rpartition(".")
   (config[section] if section else config)[leaf] = value
-  with pytest.raises(config_lib.ConfigError, match=match):
+  with pytest.raises(errors.ConfigError, match=match):
     config_lib.validate(config)
 
 
@@ -71,7 +71,7 @@ def test_mdsr_scales_checked():
   config = _demo()
   config.model.name = "mdsr"
   config.model.scales = (2, 5)
-  with pytest.raises(config_lib.ConfigError, match="config.model.scales"):
+  with pytest.raises(errors.ConfigError, match="config.model.scales"):
     config_lib.validate(config)
 
 
@@ -79,7 +79,7 @@ def test_unknown_key_refused():
   config = _demo()
   config.model.unlock()
   config.model.num_resblocks = 3
-  with pytest.raises(config_lib.ConfigError, match=r"unknown config key\(s\) \['model.num_resb"):
+  with pytest.raises(errors.ConfigError, match=r"unknown config key\(s\) \['model.num_resb"):
     config_lib.validate(config)
 
 
@@ -87,14 +87,14 @@ def test_batch_must_divide_over_devices():
   config = _demo()
   config.batch_size = 12
   config_lib.validate(config, num_devices=4)
-  with pytest.raises(config_lib.ConfigError, match="batch_size=12 does not divide over 8"):
+  with pytest.raises(errors.ConfigError, match="batch_size=12 does not divide over 8"):
     config_lib.validate(config, num_devices=8)
 
 
 def test_patch_larger_than_smallest_image_refused():
   images = data.load_demo(["chelsea", "astronaut"], [2])  # chelsea x2 is 225x150 LR
   with pytest.raises(
-    config_lib.ConfigError,
+    errors.ConfigError,
     match=r"config.patch_size=200 is larger than the smallest training "
     r"image at x2: chelsea is 225x150 LR pixels; allowed at most 150",
   ):

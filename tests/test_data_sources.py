@@ -8,8 +8,7 @@ import pytest
 from PIL import Image
 
 from edsr_jax import config_lib, data, train
-from edsr_jax.config_lib import ConfigError
-from edsr_jax.image_io import ImageError
+from edsr_jax.errors import ConfigError, ImageError
 from edsr_jax.imresize import imresize, modcrop
 
 RNG = np.random.default_rng(0)

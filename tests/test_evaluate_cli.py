@@ -127,7 +127,7 @@ def test_scores_agree_with_score_cli_on_saved_images(
       benchmark_dir / hr_dir,
       images / name / f"x{s}",
       scale=s,
-      sr_pattern=score.DEFAULT_SR_PATTERN,
+      sr_pattern=image_io.SR_PATTERN,
       convention=convention,
     )
     assert summary["num_images"] == (5 if name == "Set5" else 2)
@@ -142,7 +142,7 @@ def test_scores_agree_with_score_cli_on_saved_images(
       benchmark_dir / hr_dir,
       images / name / "x2",
       scale=2,
-      sr_pattern=score.DEFAULT_SR_PATTERN,
+      sr_pattern=image_io.SR_PATTERN,
       convention="benchmark",
     )
     assert abs(other["psnr"] - results[name]["x2"]["psnr"]) > 1e-3

@@ -1,4 +1,4 @@
-"""Tests for `edsr_jax.torch_weights` and `python -m edsr_jax.import_torch`.
+"""Tests for `edsr_jax.torch_pickle`, `edsr_jax.torch_weights` and `import_torch`.
 
 PyTorch is a test-only dependency: files are written with `torch.save` from the reference
 networks in `torch_reference.py`, imported by the CLI run as a real subprocess, restored
@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 
 import torch_reference as ref  # noqa: E402
 
-from edsr_jax import checkpoint, import_torch, models, train  # noqa: E402
+from edsr_jax import checkpoint, errors, import_torch, models, torch_pickle, train  # noqa: E402
 from edsr_jax import torch_weights as tw  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -331,16 +331,16 @@ def test_refuses_unsafe_globals_anywhere(func, name, layout, tmp_path):
     _torch_zip(path, payload)
   else:  # the legacy layout's first pickle (the magic number) is the payload
     path.write_bytes(payload)
-  with pytest.raises(tw.TorchFileError, match=f"refusing to load .*{name}"):
-    tw.load_state_dict(path)
+  with pytest.raises(torch_pickle.TorchFileError, match=f"refusing to load .*{name}"):
+    torch_pickle.load_state_dict(path)
   assert not marker.exists()
 
 
 def test_refuses_a_pickled_module(tmp_path):
   path = tmp_path / "model.pt"
   torch.save(tiny_edsr(), path)  # the whole nn.Module, not its state_dict
-  with pytest.raises(tw.TorchFileError, match="refusing to load .*EDSR"):
-    tw.load_state_dict(path)
+  with pytest.raises(torch_pickle.TorchFileError, match="refusing to load .*EDSR"):
+    torch_pickle.load_state_dict(path)
 
 
 def _hand_pickle(numel, offset, size, stride):
@@ -389,12 +389,12 @@ def test_tensor_geometry_is_bounds_checked(offset, size, stride, ok, tmp_path):
     tmp_path / "geom.pt", _hand_pickle(12, offset, size, stride), {"0": data.tobytes()}
   )
   if ok:
-    got = tw.load_state_dict(path)["w"]
+    got = torch_pickle.load_state_dict(path)["w"]
     want = np.lib.stride_tricks.as_strided(data[offset:], size, [4 * s for s in stride])
     np.testing.assert_array_equal(got, want)
   else:
-    with pytest.raises(tw.TorchFileError, match="'w' .* reaches element"):
-      tw.load_state_dict(path)
+    with pytest.raises(torch_pickle.TorchFileError, match="'w' .* reaches element"):
+      torch_pickle.load_state_dict(path)
 
 
 # --------------------------------------------------------------------------------------
@@ -414,23 +414,23 @@ def test_refuses_files_that_are_not_torch_weights(tmp_path):
   for name, (raw, message) in cases.items():
     path = tmp_path / name
     path.write_bytes(raw)
-    with pytest.raises(tw.TorchFileError, match=message) as info:
-      tw.load_state_dict(path)
+    with pytest.raises(torch_pickle.TorchFileError, match=message) as info:
+      torch_pickle.load_state_dict(path)
     assert str(path) in str(info.value)
-  with pytest.raises(tw.TorchFileError, match="cannot read .*missing.pt"):
-    tw.load_state_dict(tmp_path / "missing.pt")
+  with pytest.raises(torch_pickle.TorchFileError, match="cannot read .*missing.pt"):
+    torch_pickle.load_state_dict(tmp_path / "missing.pt")
   # A zip that is not a torch archive, and one whose storage entry was cut short.
   with zipfile.ZipFile(tmp_path / "plain.zip", "w") as z:
     z.writestr("readme.txt", "hi")
-  with pytest.raises(tw.TorchFileError, match="not a torch checkpoint"):
-    tw.load_state_dict(tmp_path / "plain.zip")
+  with pytest.raises(torch_pickle.TorchFileError, match="not a torch checkpoint"):
+    torch_pickle.load_state_dict(tmp_path / "plain.zip")
   short = _torch_zip(
     tmp_path / "short.pt",
     _hand_pickle(12, 0, (12,), (1,)),
     {"0": np.zeros(5, np.float32).tobytes()},
   )
-  with pytest.raises(tw.TorchFileError, match="holds 20 bytes.* needs 48"):
-    tw.load_state_dict(short)
+  with pytest.raises(torch_pickle.TorchFileError, match="holds 20 bytes.* needs 48"):
+    torch_pickle.load_state_dict(short)
 
 
 def test_reader_matches_torch_load_for_views_and_dtypes(tmp_path):
@@ -446,7 +446,7 @@ def test_reader_matches_torch_load_for_views_and_dtypes(tmp_path):
   for legacy in (False, True):
     path = tmp_path / f"mixed_{legacy}.pt"
     torch.save(state, path, _use_new_zipfile_serialization=not legacy)
-    got = tw.load_state_dict(path)
+    got = torch_pickle.load_state_dict(path)
     assert list(got) == list(state)
     for key, value in state.items():
       np.testing.assert_array_equal(
@@ -508,11 +508,23 @@ def test_contradicting_flags_name_the_tensor(
   which, overrides, fragments, edsr_file, mdsr_file, tmp_path
 ):
   path = edsr_file if which == "edsr" else mdsr_file
-  with pytest.raises(tw.WeightsMismatchError) as info:
+  with pytest.raises(errors.WeightsError) as info:
     import_torch.convert(path, tmp_path / "run", res_scale=1.0, **overrides)
   for fragment in fragments:
     assert fragment in str(info.value), (fragment, str(info.value))
   assert not (tmp_path / "run").exists()
+
+
+def test_the_mapping_names_its_arguments_and_the_cli_its_flags(edsr_file, mdsr_file):
+  with pytest.raises(errors.WeightsError) as info:
+    tw.detect_architecture(tw.read_state_dict(edsr_file), num_blocks=3)
+  assert str(info.value).startswith("num_blocks=3, but the file has 2 residual blocks")
+  with pytest.raises(errors.WeightsError) as info:
+    tw.detect_architecture(tw.read_state_dict(mdsr_file), scales=(2, 4, 3))
+  assert str(info.value).startswith("scales=(2, 4, 3), but the file's upsamplers are")
+  assert "--" not in str(info.value)
+  with pytest.raises(errors.WeightsError, match=r"^cannot read .*missing\.pt"):
+    tw.read_state_dict(edsr_file.parent / "missing.pt")  # the reader's error, as a user error
 
 
 def test_missing_and_unexpected_tensors_are_listed(tmp_path):
@@ -521,7 +533,7 @@ def test_missing_and_unexpected_tensors_are_listed(tmp_path):
   state["extra.weight"] = torch.zeros(3)
   torch.save(state, tmp_path / "odd.pt")
   with pytest.raises(
-    tw.WeightsMismatchError,
+    errors.WeightsError,
     match=r"missing tensors: body\.1\.body\.2\.bias.*unexpected tensors: "
     r"extra\.weight",
   ):
@@ -530,7 +542,7 @@ def test_missing_and_unexpected_tensors_are_listed(tmp_path):
   state["body.0.body.2.weight"] = torch.zeros(16, 16, 5, 5)
   torch.save(state, tmp_path / "wrong_kernel.pt")
   with pytest.raises(
-    tw.WeightsMismatchError,
+    errors.WeightsError,
     match=r"body\.0\.body\.2\.weight has shape "
     r"\(16, 16, 5, 5\).* needs \(16, 16, 3, 3\)",
   ):
@@ -547,7 +559,7 @@ def test_missing_and_unexpected_tensors_are_listed(tmp_path):
 )
 def test_refuses_a_different_mean_shift(kw, key, tmp_path):
   path = save(tiny_edsr(**kw), tmp_path / "shifted.pt")
-  with pytest.raises(tw.WeightsMismatchError, match=f"{key} is .*standard DIV2K mean shift"):
+  with pytest.raises(errors.WeightsError, match=f"{key} is .*standard DIV2K mean shift"):
     import_torch.convert(path, tmp_path / "run", res_scale=1.0)
   assert not (tmp_path / "run").exists()
 
@@ -561,7 +573,7 @@ def test_res_scale_defaults_from_the_official_size(edsr_file, tmp_path):
   assert checkpoint.restore_config(manager).model.res_scale == 0.1
   manager.close()
   # An unofficial size has no default: refused rather than guessed.
-  with pytest.raises(import_torch.ImportTorchError, match="pass --res_scale"):
+  with pytest.raises(errors.WeightsError, match="pass --res_scale"):
     import_torch.convert(edsr_file, tmp_path / "tiny")
   assert not (tmp_path / "tiny").exists()
 
@@ -570,12 +582,12 @@ def test_refuses_to_overwrite_checkpoints(edsr_file, tmp_path):
   out = tmp_path / "run"
   import_torch.convert(edsr_file, out, res_scale=1.0)
   before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-  with pytest.raises(import_torch.ImportTorchError, match="already holds checkpoint.*--overwrite"):
+  with pytest.raises(errors.CheckpointError, match="already holds checkpoint.*--overwrite"):
     import_torch.convert(edsr_file, out, res_scale=1.0)
   assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
   other = save(tiny_edsr(seed=9), tmp_path / "other.pt")
   import_torch.convert(other, out, res_scale=1.0, overwrite=True)
   _, _, state = restore(out)
-  want = tw.load_state_dict(other)["head.0.bias"]
+  want = torch_pickle.load_state_dict(other)["head.0.bias"]
   np.testing.assert_array_equal(np.asarray(state.params["head"]["bias"]), want)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from edsr_jax import checkpoint, config_lib, inference, models, train
+from edsr_jax import checkpoint, config_lib, errors, inference, models, train
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -110,7 +110,7 @@ def test_load_errors_name_the_path(tmp_path, case):
     path.mkdir()
   elif case == "only_unfinished":
     (path / "checkpoints" / "5.orbax-checkpoint-tmp-1234" / "state").mkdir(parents=True)
-  with pytest.raises(inference.CheckpointError) as info:
+  with pytest.raises(errors.CheckpointError) as info:
     inference.load(path)
   message = str(info.value)
   assert str(path) in message
@@ -138,7 +138,7 @@ def test_truncated_array_files_are_reported(trained, tmp_path):
   assert data_files
   for p in data_files:
     p.write_bytes(p.read_bytes()[:16])
-  with pytest.raises(inference.CheckpointError, match="cannot restore the parameters") as info:
+  with pytest.raises(errors.CheckpointError, match="cannot restore the parameters") as info:
     inference.load(workdir)
   assert str(step_dir / "state") in str(info.value)
   assert "\n" not in str(info.value)
@@ -151,7 +151,7 @@ def test_garbled_metadata_is_reported(trained, tmp_path, item):
   target = step_dir / item
   assert target.is_file()
   target.write_bytes(b'{"tree_metadata": {garbled')
-  with pytest.raises(inference.CheckpointError) as info:
+  with pytest.raises(errors.CheckpointError) as info:
     inference.load(step_dir)
   assert str(step_dir / item.split("/")[0]) in str(info.value)
   assert "corrupt" in str(info.value)
@@ -164,7 +164,7 @@ def test_non_finite_parameters_are_refused(trained, tmp_path):
   manager = checkpoint.make_manager(tmp_path)
   checkpoint.save(manager, 1, state, tiny_config())
   manager.wait_until_finished()
-  with pytest.raises(inference.CheckpointError, match="non-finite parameters"):
+  with pytest.raises(errors.CheckpointError, match="non-finite parameters"):
     inference.load(tmp_path)
 
 

@@ -9,7 +9,7 @@ import optax
 import pytest
 from conftest import count_compiles, read_scalars
 
-from edsr_jax import config_lib, data, models, optim, train
+from edsr_jax import checkpoint, config_lib, data, errors, models, optim, train
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -145,7 +145,7 @@ def test_init_from_x2_copies_all_but_the_upsampler(tmp_path, scale):
   mesh = train.make_mesh()
   fresh = train.create_train_state(c, model, tx, mesh, jax.random.key(1))
   fresh_upsample = jax.device_get(fresh.params["upsample"])
-  state = train.init_from_checkpoint(fresh, str(tmp_path / "x2"), tx, mesh)
+  state = checkpoint.init_from(fresh, str(tmp_path / "x2"), tx, mesh)
   params = jax.device_get(state.params)
   for key in ("head", "body", "tail"):
     jax.tree.map(np.testing.assert_array_equal, params[key], source[key])
@@ -170,7 +170,7 @@ def test_init_from_a_different_body_is_a_clear_error(tmp_path):
   c = _tiny_edsr(3, features=16)
   c.init_from = str(tmp_path / "x2")
   with pytest.raises(
-    config_lib.ConfigError,
+    errors.ConfigError,
     match=r"is a different network: \['body'\]\['block0'\]\['conv1'\]"
     r"\['bias'\]: \(8,\) there, \(16,\) here",
   ):

@@ -11,7 +11,7 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-from edsr_jax import config_lib, data, evaluation, inference, metrics, train
+from edsr_jax import config_lib, data, inference, metrics, train
 from edsr_jax.imresize import modcrop
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_notebook_runs_and_reports_psnr(tmp_path, monkeypatch):
   hr = modcrop(skimage.data.chelsea(), 3)
   lr = data.bicubic_lr(hr, 3)
   expected = {
-    "bicubic": metrics.evaluate_pair(evaluation.bicubic_upscale(lr, 3), hr, scale=3),
+    "bicubic": metrics.evaluate_pair(metrics.bicubic_upscale(lr, 3), hr, scale=3),
     "model": metrics.evaluate_pair(inference.load(tmp_path / "run").upscale(lr), hr, scale=3),
   }
   for label, scores in expected.items():

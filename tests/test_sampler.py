@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from edsr_jax import data
-from edsr_jax.config_lib import ConfigError
+from edsr_jax.errors import ConfigError
 
 SIZES = [(70, 90), (96, 64), (81, 77), (64, 100)]  # HR (h, w); some not multiples of s
 

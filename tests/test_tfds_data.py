@@ -12,6 +12,7 @@ and TFRecord writing all run for real.
 
 import io
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -25,7 +26,7 @@ import skimage.data
 from PIL import Image
 
 from edsr_jax import config_lib, data, metrics, tfds_data
-from edsr_jax.config_lib import ConfigError
+from edsr_jax.errors import ConfigError
 from edsr_jax.imresize import imresize
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -194,15 +195,15 @@ def test_configs_whose_hr_images_differ_are_refused(div2k, tmp_path):
 )
 def test_bad_config_names_are_refused(name, scales, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
-    tfds_data.dataset_names(name, scales)
+    config_lib.tfds_names(name, scales)
 
 
 def test_dataset_names_expand_scale():
-  assert tfds_data.dataset_names("div2k/unknown_x{scale}", (2, 4)) == {
+  assert config_lib.tfds_names("div2k/unknown_x{scale}", (2, 4)) == {
     2: "div2k/unknown_x2",
     4: "div2k/unknown_x4",
   }
-  assert tfds_data.dataset_names("div2k/bicubic_x3", (3,)) == {3: "div2k/bicubic_x3"}
+  assert config_lib.tfds_names("div2k/bicubic_x3", (3,)) == {3: "div2k/bicubic_x3"}
 
 
 def test_validate_checks_the_name_against_the_model():
@@ -261,13 +262,20 @@ def test_manual_dir_archives_are_found_by_name_and_checksummed(div2k, tmp_path):
     )
 
 
-def test_cli_prepares_a_config(div2k, tmp_path, capsys):
+def test_cli_prepares_a_config(div2k, tmp_path):
   data_dir = tmp_path / "tfds"
   _seed_download_cache(data_dir, div2k["root"] / "zips", "div2k/bicubic_x3")
-  tfds_data.main(["--name=div2k/bicubic_x3", f"--data_dir={data_dir}"])
+  result = subprocess.run(  # from another directory, with --data_dir relative to it
+    [sys.executable, "-m", "edsr_jax.tfds_data", "--name=div2k/bicubic_x3", "--data_dir=tfds"],
+    cwd=tmp_path,
+    env=dict(os.environ, PYTHONPATH=str(REPO)),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
   assert re.search(
-    r"div2k/bicubic_x3: prepared in .*bicubic_x3/2.0.0 \(3 train, 2 validation",
-    capsys.readouterr().out,
+    r"div2k/bicubic_x3: prepared in .*bicubic_x3/2.0.0 \(3 train, 2 validation", result.stdout
   )
   assert (data_dir / "div2k" / "bicubic_x3" / "2.0.0" / "dataset_info.json").is_file()
 
