@@ -52,11 +52,12 @@ class CliRuns:
   def __init__(self, logdir: pathlib.Path):
     self._logdir, self._running = logdir, {}
 
-  def start(self, name, *args):
+  def start(self, name, *args, cwd=REPO_ROOT):
     out, err = (open(self._logdir / f"{name}.{k}", "w+") for k in ("out", "err"))
     proc = subprocess.Popen(
       [sys.executable, "-c", RUN_CLI_WITHOUT_TORCH, *map(str, args)],
-      cwd=REPO_ROOT,
+      cwd=cwd,
+      env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
       stdout=out,
       stderr=err,
       text=True,
@@ -171,8 +172,10 @@ def test_reference_state_dict_uses_official_keys():
 # The CLI end to end: PyTorch output == Flax output of the imported checkpoint.
 
 CASES = {
-  # A true preset size; zip layout (torch >= 1.6).
+  # A true preset size; zip layout (torch >= 1.6); run from the folder of the file, with
+  # --input and --output relative to it.
   "edsr_baseline_x2": dict(
+    relative=True,
     make=lambda: ref.randomize_(ref.EDSR(2, 16, 64), 1).eval(),
     legacy=False,
     flags=[],
@@ -238,7 +241,10 @@ def cli(tmp_path_factory):
     tmodel = spec["make"]()
     path = save(tmodel, root / f"{case}.pt", spec["legacy"])
     info[case] = dict(tmodel=tmodel, out=root / case)
-    runs.start(case, f"--input={path}", f"--output={root / case}", *spec["flags"])
+    if spec.get("relative"):
+      runs.start(case, f"--input={path.name}", f"--output={case}", *spec["flags"], cwd=root)
+    else:
+      runs.start(case, f"--input={path}", f"--output={root / case}", *spec["flags"])
   # A pickle that would run `touch` when loaded by pickle.load / torch.load(weights_only=0).
   marker = root / "pwned"
   evil = _torch_zip(root / "evil.pt", pickle.dumps(_Evil(os.system, f"touch {marker}"), 2))
