@@ -198,7 +198,7 @@ def ours_child(spec: dict) -> dict:
     result.update(peak=stats["peak_bytes_in_use"], peak_kind="device")
   else:
     result.update(peak=_status_bytes("VmHWM"), peak_kind="rss")
-  result.update(first_s=first, seconds=best)
+  result.update(first_s=first, seconds=best, load=os.getloadavg()[0])
   return result
 
 
@@ -245,7 +245,8 @@ def official_child(spec: dict) -> dict:
   np.save(spec["out"], out)
   result = {"platform": dev.type, "version": f"PyTorch {torch.__version__}",
             "device": torch.cuda.get_device_name(dev) if cuda else "cpu",
-            "first_s": first, "seconds": best, "setup": setup, **counter}
+            "first_s": first, "seconds": best, "setup": setup, "load": os.getloadavg()[0],
+            **counter}
   if cuda:
     result.update(peak=torch.cuda.max_memory_allocated(), peak_kind="device")
   else:
@@ -386,12 +387,12 @@ def main() -> None:
     tflops = row["flops"] / row["seconds"] / 1e12 if row.get("flops") else None
     mfu = f"{100 * tflops / args.peak_tflops:.1f}%" if tflops and args.peak_tflops else "-"
     calls = row.get("calls")
-    mpx = f"{row['lr_pixels'] / 1e6:.2f}" if row.get("lr_pixels") else "-"
+    mpx = f"{row['lr_pixels'] / 1e6:.3f}" if row.get("lr_pixels") else "-"
     diff = row.get("max_diff")
     differ = f"{100 * row['differ']:.3f}%" if "differ" in row else "-"
     tiles = row.get("tiles", calls)
     print(start + f"{'-' if tiles is None else tiles:>6}{'-' if calls is None else calls:>6}"
-          f"{mpx:>8}{row['seconds']:>9.2f}"
+          f"{mpx:>8}{row['seconds']:>9.3f}"
           f"{row['first_s']:>10.2f}{'-' if tflops is None else f'{tflops:.3f}':>9}{mfu:>7}"
           f"{_gb(row.get('setup'), 'rss') if row.get('peak_kind') == 'rss' else '-':>10}"
           f"{_gb(row.get('peak'), row.get('peak_kind')):>10}"
@@ -401,6 +402,10 @@ def main() -> None:
     if "cross" in row:
       print(f"{row['image']}: ours untiled vs official untiled (same weights, two frameworks): "
             f"max |diff| {row['cross'][0]}, {100 * row['cross'][1]:.3f}% of values differ")
+  loads = [row["load"] for row in rows if "load" in row]
+  if loads:
+    print(f"1-minute load average at the end of each row: {min(loads):.1f} to {max(loads):.1f} "
+          f"({os.cpu_count()} CPUs; above that, other work shared the CPUs)")
   print("max|diff| / differ: the uint8 output against the same side's untiled output (ours "
         "must be 0). TFLOP/s: XLA's count for the untiled image / time (overlaps not counted). "
         "'rss' = process peak resident memory (CPU), else the device allocator's peak.")

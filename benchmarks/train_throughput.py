@@ -135,6 +135,7 @@ def jax_child(spec: dict) -> dict:
   else:
     peak, peak_kind = peak_rss_bytes(), "rss"
   return {"steps_per_sec": spec["steps"] / seconds, "flops": flops, "peak": peak,
+          "load": os.getloadavg()[0],
           "peak_kind": peak_kind, "loss": loss, "platform": device.platform,
           "device": getattr(device, "device_kind", device.platform),
           "version": f"JAX {jax.__version__}"}
@@ -198,6 +199,7 @@ def torch_child(spec: dict) -> dict:
   else:
     peak, peak_kind, device = peak_rss_bytes(), "rss", "cpu"
   return {"steps_per_sec": spec["steps"] / seconds, "peak": peak, "peak_kind": peak_kind,
+          "load": os.getloadavg()[0],
           "loss": float(loss), "platform": dev.type, "device": device,
           "version": f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)"}
 
@@ -254,6 +256,8 @@ def main() -> None:
   parser.add_argument("--patch_size", type=int, default=None, help="LR patch side (48)")
   parser.add_argument("--steps", type=int, default=None,
                       help="timed steps per row (default: 10 on CPU, 100 on an accelerator)")
+  parser.add_argument("--rounds", type=int, default=1,
+                      help="measure every row this many times, in turn; report the median")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1)")
   parser.add_argument("--peak_tflops", type=float, default=None,
                       help="the device's peak TFLOP/s for the dtype, for MFU")
@@ -312,28 +316,39 @@ def main() -> None:
   print(f"x{SCALE}, LR patch {patch}, {steps} timed steps per row after {args.warmup}"
         f"{', PyTorch channels_last' if args.torch_channels_last else ''}", flush=True)
 
-  rows = []
+  specs = [dict(network=name, batch=batch, patch=patch, dtype=dtype, steps=steps,
+                warmup=max(1, args.warmup), device=args.device,
+                channels_last=args.torch_channels_last)
+           for name in networks for batch in batches for dtype in dtypes]
+  results = [{fw: [] for fw in frameworks} for _ in specs]
   versions = {}
-  for name in networks:
-    for batch in batches:
-      for dtype in dtypes:
-        spec = dict(network=name, batch=batch, patch=patch, dtype=dtype, steps=steps,
-                    warmup=max(1, args.warmup),
-                    device=args.device, channels_last=args.torch_channels_last)
-        row = {**spec}
-        for fw in ("jax", "torch"):
-          if fw in frameworks:
-            row[fw] = run_child(fw, spec, env)
-            if "error" in row[fw]:
-              print(f"  {name} batch {batch} {dtype}: {row[fw]['error']}", flush=True)
-            else:
-              versions[fw] = f"{row[fw]['version']} on {row[fw]['device']}"
-        rows.append(row)
-        print(f"  done: {name} batch {batch} {dtype}", flush=True)
+  # Rounds go over all rows in turn, so that a slow spell of a shared host spreads over
+  # the rows instead of landing on one; each row reports its median round.
+  for round_ in range(args.rounds):
+    for spec, result in zip(specs, results, strict=True):
+      for fw in frameworks:
+        out = run_child(fw, spec, env)
+        if "error" in out:
+          print(f"  {spec['network']} batch {spec['batch']} {spec['dtype']}: {out['error']}",
+                flush=True)
+          continue
+        versions[fw] = f"{out['version']} on {out['device']}"
+        result[fw].append(out)
+      print(f"  done: {spec['network']} batch {spec['batch']} {spec['dtype']}"
+            f"{f' (round {round_ + 1} of {args.rounds})' if args.rounds > 1 else ''}", flush=True)
+  rows = []
+  for spec, result in zip(specs, results, strict=True):
+    row = {**spec}
+    for fw, outs in result.items():
+      if outs:
+        outs = sorted(outs, key=lambda o: o["steps_per_sec"])
+        row[fw] = {**outs[(len(outs) - 1) // 2],
+                   "rounds": [o["steps_per_sec"] for o in outs]}
+    rows.append(row)
 
   print("\n" + "; ".join(versions.values()))
   header = (f"{'network':<9}{'batch':>6} {'dtype':<9}{'JAX steps/s':>12}{'PyTorch steps/s':>16}"
-            f"{'ratio':>7}{'GFLOP/step':>11}{'JAX TFLOP/s':>12}{'PT TFLOP/s':>11}"
+            f"{'ratio':>8}{'GFLOP/step':>11}{'JAX TFLOP/s':>12}{'PT TFLOP/s':>11}"
             f"{'JAX MFU':>8}{'PT MFU':>7}{'JAX peak GB':>12}{'PT peak GB':>11}")
   print(header + "\n" + "-" * len(header))
   for row in rows:
@@ -344,12 +359,22 @@ def main() -> None:
     t_tf = t * flops / 1e12 if t and flops else None
     peak = args.peak_tflops
     print(f"{row['network']:<9}{row['batch']:>6} {row['dtype']:<9}{fmt(j, '.3f'):>12}"
-          f"{fmt(t, '.3f'):>16}{fmt(j / t if j and t else None, '.2f', 'x'):>7}"
+          f"{fmt(t, '.3f'):>16}{fmt(j / t if j and t else None, '.2f', 'x'):>8}"
           f"{fmt(flops / 1e9 if flops else None, '.2f'):>11}{fmt(j_tf, '.3f'):>12}"
           f"{fmt(t_tf, '.3f'):>11}"
           f"{fmt(j_tf / peak * 100 if j_tf and peak else None, '.1f', '%'):>8}"
           f"{fmt(t_tf / peak * 100 if t_tf and peak else None, '.1f', '%'):>7}"
           f"{gb(ours):>12}{gb(theirs):>11}")
+  spreads = [f"{row['network']} {row['batch']} {row['dtype']} {fw}: "
+             + "/".join(f"{v:.3f}" for v in row[fw]["rounds"])
+             for row in rows for fw in ("jax", "torch")
+             if len(row.get(fw, {}).get("rounds", [])) > 1]
+  if spreads:
+    print("\nsteps/s of each round, sorted: " + "; ".join(spreads))
+  loads = [o["load"] for result in results for outs in result.values() for o in outs]
+  if loads:
+    print(f"\n1-minute load average at the end of each measurement: {min(loads):.1f} to "
+          f"{max(loads):.1f} ({os.cpu_count()} CPUs; above that, other work shared the CPUs)")
   print("\nratio = JAX / PyTorch steps/s. GFLOP/step from XLA's cost analysis of our step (both "
         "sides compute the same network). float32 = TF32 on GPU (both sides). "
         "'rss' = process peak resident memory (CPU), else the device allocator's peak.")
