@@ -291,7 +291,7 @@ def main() -> None:
   parser.add_argument("--peak_tflops", type=float, default=None, help="for MFU")
   parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
   parser.add_argument("--smoke", action="store_true",
-                      help=f"tiny network, images {SMOKE_SIZES}, tiles of 16: seconds")
+                      help=f"tiny network, images {SMOKE_SIZES}, tiles of 8: seconds")
   parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -308,7 +308,7 @@ def main() -> None:
 
   network = args.network or ("tiny" if args.smoke else "baseline")
   sizes = parse_sizes(args.sizes or (SMOKE_SIZES if args.smoke else DEFAULT_SIZES))
-  tile_size = args.tile_size if args.tile_size is not None else (16 if args.smoke else 256)
+  tile_size = args.tile_size if args.tile_size is not None else (8 if args.smoke else 256)
   blocks, features, res_scale = NETWORKS[network]
   env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
   if args.device == "cpu":
@@ -375,7 +375,7 @@ def main() -> None:
 
   print("\n" + "; ".join(versions.values()))
   header = (f"{'image':<15}{'method':<23}{'tiles':>6}{'calls':>6}{'LR Mpx':>8}{'time s':>9}"
-            f"{'1st run s':>10}{'TFLOP/s':>9}{'MFU':>7}{'setup GB':>10}{'peak GB':>10}"
+            f"{'1st run s':>10}{'TFLOP/s':>9}{'MFU':>8}{'setup GB':>10}{'peak GB':>10}"
             f"{'max|diff|':>10}{'differ':>9}")
   print(f"{header}\n{'-' * len(header)}")
   for row in rows:
@@ -385,7 +385,7 @@ def main() -> None:
                      "skipped (untiled would need " + row["skipped"] + ")"))
       continue
     tflops = row["flops"] / row["seconds"] / 1e12 if row.get("flops") else None
-    mfu = f"{100 * tflops / args.peak_tflops:.1f}%" if tflops and args.peak_tflops else "-"
+    mfu = f"{100 * tflops / args.peak_tflops:.3g}%" if tflops and args.peak_tflops else "-"
     calls = row.get("calls")
     mpx = f"{row['lr_pixels'] / 1e6:.3f}" if row.get("lr_pixels") else "-"
     diff = row.get("max_diff")
@@ -393,7 +393,7 @@ def main() -> None:
     tiles = row.get("tiles", calls)
     print(start + f"{'-' if tiles is None else tiles:>6}{'-' if calls is None else calls:>6}"
           f"{mpx:>8}{row['seconds']:>9.3f}"
-          f"{row['first_s']:>10.2f}{'-' if tflops is None else f'{tflops:.3f}':>9}{mfu:>7}"
+          f"{row['first_s']:>10.2f}{'-' if tflops is None else f'{tflops:.3g}':>9} {mfu:>7}"
           f"{_gb(row.get('setup'), 'rss') if row.get('peak_kind') == 'rss' else '-':>10}"
           f"{_gb(row.get('peak'), row.get('peak_kind')):>10}"
           f"{'-' if diff is None else diff:>10}{differ:>9}")

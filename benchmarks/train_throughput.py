@@ -349,7 +349,7 @@ def main() -> None:
   print("\n" + "; ".join(versions.values()))
   header = (f"{'network':<9}{'batch':>6} {'dtype':<9}{'JAX steps/s':>12}{'PyTorch steps/s':>16}"
             f"{'ratio':>8}{'GFLOP/step':>11}{'JAX TFLOP/s':>12}{'PT TFLOP/s':>11}"
-            f"{'JAX MFU':>8}{'PT MFU':>7}{'JAX peak GB':>12}{'PT peak GB':>11}")
+            f"{'JAX MFU':>9}{'PT MFU':>9}{'JAX peak GB':>12}{'PT peak GB':>11}")
   print(header + "\n" + "-" * len(header))
   for row in rows:
     ours, theirs = row.get("jax") or {}, row.get("torch") or {}
@@ -360,10 +360,10 @@ def main() -> None:
     peak = args.peak_tflops
     print(f"{row['network']:<9}{row['batch']:>6} {row['dtype']:<9}{fmt(j, '.3f'):>12}"
           f"{fmt(t, '.3f'):>16}{fmt(j / t if j and t else None, '.2f', 'x'):>8}"
-          f"{fmt(flops / 1e9 if flops else None, '.2f'):>11}{fmt(j_tf, '.3f'):>12}"
-          f"{fmt(t_tf, '.3f'):>11}"
-          f"{fmt(j_tf / peak * 100 if j_tf and peak else None, '.1f', '%'):>8}"
-          f"{fmt(t_tf / peak * 100 if t_tf and peak else None, '.1f', '%'):>7}"
+          f"{fmt(flops / 1e9 if flops else None, '.2f'):>11}{fmt(j_tf, '.3g'):>12}"
+          f" {fmt(t_tf, '.3g'):>10}"
+          f" {fmt(j_tf / peak * 100 if j_tf and peak else None, '.3g', '%'):>8}"
+          f" {fmt(t_tf / peak * 100 if t_tf and peak else None, '.3g', '%'):>8}"
           f"{gb(ours):>12}{gb(theirs):>11}")
   spreads = [f"{row['network']} {row['batch']} {row['dtype']} {fw}: "
              + "/".join(f"{v:.3f}" for v in row[fw]["rounds"])
