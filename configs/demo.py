@@ -18,9 +18,21 @@ def get_config(arg: str | None = None):
   c.data.source = "demo"
   # Natural photos only (greyscale ones copied to RGB); space and microscopy images would
   # spend the short schedule on dark, flat patches.
-  c.data.demo_train_images = ("astronaut", "rocket", "motorcycle_left", "motorcycle_right",
-                              "camera", "coins", "brick", "grass", "gravel", "page", "text",
-                              "clock", "moon")
+  c.data.demo_train_images = (
+    "astronaut",
+    "rocket",
+    "motorcycle_left",
+    "motorcycle_right",
+    "camera",
+    "coins",
+    "brick",
+    "grass",
+    "gravel",
+    "page",
+    "text",
+    "clock",
+    "moon",
+  )
   # Held out: four photos of different kinds, none of them seen in training.
   c.data.demo_val_images = ("chelsea", "coffee", "immunohistochemistry", "hubble_deep_field")
   c.data.val_convention = "benchmark"

@@ -11,8 +11,10 @@ DIV2K_valid_LR_bicubic/X4/ as unpacked from the official archives. Validation ru
 0801-0810 (RGB, border 4+6). Expected: the official release of this network reaches
 28.95 dB on DIV2K 0801-0900 (RGB, border 4+6) after its full schedule.
 
-The paper initialises x4 from a trained x2 network (all but the upsampler); that needs
-`--config.init_from` (MDSR / scale-transfer work), until then this trains from scratch.
+The paper initialises x4 from a trained x2 network: add
+`--config.init_from=runs/edsr_baseline_x2` (a workdir of configs/edsr_baseline_x2.py, or one of its
+checkpoints) to copy every parameter but the upsampler from it; without it this
+trains from scratch.
 
 Quick smoke run on the built-in demo photos (a few steps, tiny batch):
 

@@ -8,11 +8,14 @@ runs before anything is compiled and names the key and the allowed values on fai
 import importlib.util
 import math
 import os
+import re
+from collections.abc import Sequence
 
 import ml_collections
 
+from edsr_jax import errors, models
+
 MODEL_NAMES = ("edsr", "mdsr")
-SCALES = (2, 3, 4)
 DATA_SOURCES = ("demo", "folder", "tfds")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -76,10 +79,6 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names the key."""
-
-
 def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
   """{'model.scale': 2, ...}: every leaf under its dotted name."""
   out = {}
@@ -96,27 +95,40 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   known = set(flatten(base_config()))
   unknown = sorted(set(flatten(config)) - known)
   if unknown:
-    raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+    raise errors.ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
 
   def need(ok: bool, key: str, allowed: str):
     if not ok:
       value = config
       for part in key.split("."):
         value = value[part]
-      raise ConfigError(f"config.{key}={value!r} is invalid: allowed {allowed}")
+      raise errors.ConfigError(f"config.{key}={value!r} is invalid: allowed {allowed}")
 
   def positive_int(key):
     value = config
     for part in key.split("."):
       value = value[part]
-    need(isinstance(value, int) and not isinstance(value, bool) and value > 0, key,
-         "a positive integer")
+    need(
+      isinstance(value, int) and not isinstance(value, bool) and value > 0,
+      key,
+      "a positive integer",
+    )
 
-  for key in ("batch_size", "patch_size", "num_train_steps", "lr_decay_steps",
-              "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-              "max_checkpoints_to_keep", "prefetch_batches", "max_nonfinite_steps",
-              "model.num_blocks",
-              "model.num_features", "data.max_val_images"):
+  for key in (
+    "batch_size",
+    "patch_size",
+    "num_train_steps",
+    "lr_decay_steps",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "max_checkpoints_to_keep",
+    "prefetch_batches",
+    "max_nonfinite_steps",
+    "model.num_blocks",
+    "model.num_features",
+    "data.max_val_images",
+  ):
     positive_int(key)
   need(isinstance(config.seed, int), "seed", "an integer")
   need(config.num_image_summaries >= 0, "num_image_summaries", "an integer >= 0")
@@ -129,32 +141,62 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
 
   m = config.model
   need(m.name in MODEL_NAMES, "model.name", f"one of {MODEL_NAMES}")
-  need(isinstance(m.res_scale, int | float) and 0 < m.res_scale <= 1, "model.res_scale",
-       "a number in (0, 1]")
+  need(
+    isinstance(m.res_scale, int | float) and 0 < m.res_scale <= 1,
+    "model.res_scale",
+    "a number in (0, 1]",
+  )
   need(m.dtype in DTYPES, "model.dtype", f"one of {DTYPES}")
   if m.name == "edsr":
-    need(m.scale in SCALES, "model.scale", f"one of {SCALES}")
+    need(m.scale in models.SCALES, "model.scale", f"one of {models.SCALES}")
   else:
     scales = tuple(m.scales) if isinstance(m.scales, list | tuple) else ()
-    need(len(scales) > 0 and all(s in SCALES for s in scales) and len(set(scales)) == len(
-        scales), "model.scales", f"a non-empty tuple of distinct values from {SCALES}")
+    need(
+      len(scales) > 0
+      and all(s in models.SCALES for s in scales)
+      and len(set(scales)) == len(scales),
+      "model.scales",
+      f"a non-empty tuple of distinct values from {models.SCALES}",
+    )
 
   d = config.data
   need(d.source in DATA_SOURCES, "data.source", f"one of {DATA_SOURCES}")
   if d.source == "folder":
     need(bool(d.train_dir), "data.train_dir", "a folder path (data.source='folder')")
   if d.source == "tfds":
-    from edsr_jax import tfds_data  # no TensorFlow import: it parses the name only
-
-    tfds_data.dataset_names(
-        d.tfds_name, (m.scale,) if m.name == "edsr" else tuple(m.scales))
-  need(d.val_convention in ("benchmark", "div2k"), "data.val_convention",
-       "'benchmark' or 'div2k'")
+    tfds_names(d.tfds_name, (m.scale,) if m.name == "edsr" else tuple(m.scales))
+  need(d.val_convention in ("benchmark", "div2k"), "data.val_convention", "'benchmark' or 'div2k'")
 
   if config.batch_size % num_devices:
-    raise ConfigError(
-        f"config.batch_size={config.batch_size} does not divide over {num_devices} devices: "
-        f"allowed a multiple of {num_devices}")
+    raise errors.ConfigError(
+      f"config.batch_size={config.batch_size} does not divide over {num_devices} devices: "
+      f"allowed a multiple of {num_devices}"
+    )
+
+
+TFDS_KINDS = ("bicubic", "unknown")
+_TFDS_NAME = re.compile(r"div2k/(?P<kind>[a-z]+)_x(?P<scale>\{scale\}|\d+)")
+
+
+def tfds_names(name: str, scales: Sequence[int]) -> dict[int, str]:
+  """{scale: TFDS name} for `config.data.tfds_name` and the model's scales.
+
+  `div2k/<kind>_x{scale}` names one builder config per scale; `div2k/<kind>_x<s>` is
+  one config, which must then be the model's only scale.
+  """
+  m = _TFDS_NAME.fullmatch(name)
+  allowed = (
+    f"'div2k/<kind>_x{{scale}}' or 'div2k/<kind>_x<s>' with kind one of {TFDS_KINDS} "
+    "and s one of 2, 3, 4"
+  )
+  if not m or m["kind"] not in TFDS_KINDS or m["scale"] not in ("{scale}", "2", "3", "4"):
+    raise errors.ConfigError(f"config.data.tfds_name={name!r} is invalid: allowed {allowed}")
+  if m["scale"] != "{scale}" and tuple(scales) != (int(m["scale"]),):
+    raise errors.ConfigError(
+      f"config.data.tfds_name={name!r} has LR images at x{m['scale']} only, but the "
+      f"model trains x{', x'.join(map(str, scales))}: use 'div2k/{m['kind']}_x{{scale}}'"
+    )
+  return {s: f"div2k/{m['kind']}_x{s}" for s in scales}
 
 
 def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -177,14 +219,14 @@ def finalize(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.Co
     return c
   if arg == "runlocal":
     return runlocal(c)
-  raise ConfigError(f"unknown config argument {arg!r}: allowed 'runlocal' or none")
+  raise errors.ConfigError(f"unknown config argument {arg!r}: allowed 'runlocal' or none")
 
 
 def load_config_file(path: str | os.PathLike, arg: str | None = None):
   """`get_config(arg)` of a config file, as `--config=path[:arg]` would load it."""
   spec = importlib.util.spec_from_file_location("edsr_jax_config", os.fspath(path))
   if spec is None or spec.loader is None:
-    raise ConfigError(f"{path}: not a Python config file")
+    raise errors.ConfigError(f"{path}: not a Python config file")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)

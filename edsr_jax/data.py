@@ -23,27 +23,11 @@ from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
+import skimage.data
 
-from edsr_jax import image_io
-from edsr_jax.config_lib import ConfigError
+from edsr_jax import errors, image_io, tfds_data
+from edsr_jax.image_io import SRImages
 from edsr_jax.imresize import imresize, modcrop
-
-
-@dataclasses.dataclass
-class SRImages:
-  """Decoded images: `hr[i]` is uint8 (H, W, 3); `lr[s][i]` is (H // s, W // s, 3)."""
-
-  names: list[str]
-  hr: list[np.ndarray]
-  lr: dict[int, list[np.ndarray]]
-
-  def __len__(self):
-    return len(self.names)
-
-  def pair(self, i: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """(LR, HR cropped top-left to LR size x scale) of image i."""
-    lr = self.lr[scale][i]
-    return lr, self.hr[i][: lr.shape[0] * scale, : lr.shape[1] * scale]
 
 
 def bicubic_lr(hr: np.ndarray, scale: int) -> np.ndarray:
@@ -64,21 +48,39 @@ def _with_bicubic_lr(names, hrs, scales) -> SRImages:
 # ---------------------------------------------------------------------------- demo set
 
 # Real photos that scikit-image ships (no download); the greyscale ones become RGB.
-DEMO_IMAGES = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass",
-               "gravel", "hubble_deep_field", "immunohistochemistry", "moon",
-               "motorcycle_left", "motorcycle_right", "page", "retina", "rocket", "text")
+DEMO_IMAGES = (
+  "astronaut",
+  "brick",
+  "camera",
+  "chelsea",
+  "clock",
+  "coffee",
+  "coins",
+  "grass",
+  "gravel",
+  "hubble_deep_field",
+  "immunohistochemistry",
+  "moon",
+  "motorcycle_left",
+  "motorcycle_right",
+  "page",
+  "retina",
+  "rocket",
+  "text",
+)
+
 
 def _skimage_image(name: str) -> np.ndarray:
   """A photo bundled with scikit-image, as RGB (greyscale photos copied to R, G, B)."""
-  import skimage.data
-
   if name in ("motorcycle_left", "motorcycle_right"):
     left, right, _ = skimage.data.stereo_motorcycle()
     return left if name == "motorcycle_left" else right
   image = getattr(skimage.data, name, None) if name in DEMO_IMAGES else None
   if image is None:
-    raise ConfigError(f"demo image {name!r} is not one of the photos bundled with "
-                      f"scikit-image: allowed {DEMO_IMAGES}")
+    raise errors.ConfigError(
+      f"demo image {name!r} is not one of the photos bundled with "
+      f"scikit-image: allowed {DEMO_IMAGES}"
+    )
   image = image()
   return np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image
 
@@ -89,6 +91,7 @@ def load_demo(names: Sequence[str], scales: Sequence[int]) -> SRImages:
 
 
 # ---------------------------------------------------------------------------- folders
+
 
 @dataclasses.dataclass
 class FolderLayout:
@@ -111,7 +114,7 @@ def resolve_layout(path: str | os.PathLike, split: str) -> FolderLayout:
   """
   path = pathlib.Path(path)
   if not path.is_dir():
-    raise ConfigError(f"data folder {str(path)!r} does not exist or is not a folder")
+    raise errors.ConfigError(f"data folder {str(path)!r} does not exist or is not a folder")
   if (path / f"DIV2K_{split}_HR").is_dir():
     return FolderLayout(path / f"DIV2K_{split}_HR", path / f"DIV2K_{split}_LR_bicubic")
   if (path / "HR").is_dir():
@@ -128,14 +131,15 @@ def _read_pair(layout: FolderLayout, hr_file: pathlib.Path, scales):
       lrs[s] = bicubic_lr(hr, s)
       continue
     if not lr_file.is_file():
-      raise image_io.ImageError(f"{lr_file}: missing LR image for {hr_file.name} at x{s}")
+      raise errors.ImageError(f"{lr_file}: missing LR image for {hr_file.name} at x{s}")
     lr = image_io.read_rgb(lr_file)
     want = (hr.shape[0] // s, hr.shape[1] // s)
     if lr.shape[:2] != want:
-      raise image_io.ImageError(
-          f"{lr_file}: LR size {lr.shape[1]}x{lr.shape[0]} does not match its HR image "
-          f"{hr_file.name} ({hr.shape[1]}x{hr.shape[0]}) at x{s}: expected "
-          f"{want[1]}x{want[0]}")
+      raise errors.ImageError(
+        f"{lr_file}: LR size {lr.shape[1]}x{lr.shape[0]} does not match its HR image "
+        f"{hr_file.name} ({hr.shape[1]}x{hr.shape[0]}) at x{s}: expected "
+        f"{want[1]}x{want[0]}"
+      )
     lrs[s] = lr
   return hr, lrs
 
@@ -148,11 +152,20 @@ def _read_pair_cached(layout: FolderLayout, hr_file: pathlib.Path, scales, cache
   and modification time, so an edited image is decoded again.
   """
   key_parts = [hr_file] + [layout.lr_file(hr_file, s) for s in scales]
-  key = hashlib.sha1(repr([(str(p), p.stat().st_size, p.stat().st_mtime_ns)
-                           for p in key_parts if p is not None and p.exists()]
-                          + list(scales)).encode()).hexdigest()[:16]
-  names = {"hr": f"{hr_file.stem}-{key}-hr.npy",
-           **{s: f"{hr_file.stem}-{key}-x{s}.npy" for s in scales}}
+  key = hashlib.sha1(
+    repr(
+      [
+        (str(p), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in key_parts
+        if p is not None and p.exists()
+      ]
+      + list(scales)
+    ).encode()
+  ).hexdigest()[:16]
+  names = {
+    "hr": f"{hr_file.stem}-{key}-hr.npy",
+    **{s: f"{hr_file.stem}-{key}-x{s}.npy" for s in scales},
+  }
   paths = {k: pathlib.Path(cache_dir) / v for k, v in names.items()}
   if not all(p.exists() for p in paths.values()):
     hr, lrs = _read_pair(layout, hr_file, scales)
@@ -164,8 +177,13 @@ def _read_pair_cached(layout: FolderLayout, hr_file: pathlib.Path, scales, cache
   return load(paths["hr"]), {s: load(paths[s]) for s in scales}
 
 
-def load_folder(path: str | os.PathLike, scales: Sequence[int], split: str = "train",
-                max_images: int | None = None, cache_dir: str = "") -> SRImages:
+def load_folder(
+  path: str | os.PathLike,
+  scales: Sequence[int],
+  split: str = "train",
+  max_images: int | None = None,
+  cache_dir: str = "",
+) -> SRImages:
   """Images of a folder (see `resolve_layout`), decoded into memory or, with
   `cache_dir`, into .npy files there that are memory-mapped."""
   layout = resolve_layout(path, split)
@@ -175,16 +193,17 @@ def load_folder(path: str | os.PathLike, scales: Sequence[int], split: str = "tr
     pairs = _map(lambda f: _read_pair_cached(layout, f, scales, cache_dir), files)
   else:
     pairs = _map(lambda f: _read_pair(layout, f, scales), files)
-  return SRImages([f.stem for f in files], [hr for hr, _ in pairs],
-                  {s: [lrs[s] for _, lrs in pairs] for s in scales})
+  return SRImages(
+    [f.stem for f in files],
+    [hr for hr, _ in pairs],
+    {s: [lrs[s] for _, lrs in pairs] for s in scales},
+  )
 
 
 def load_train_images(config, scales) -> SRImages:
   if config.data.source == "demo":
     return load_demo(config.data.demo_train_images, scales)
   if config.data.source == "tfds":
-    from edsr_jax import tfds_data  # imports TensorFlow, so only for this source
-
     return tfds_data.load_for_config(config, scales, "train")
   return load_folder(config.data.train_dir, scales, "train", cache_dir=config.data.cache_dir)
 
@@ -194,8 +213,6 @@ def load_val_images(config, scales) -> SRImages | None:
   if config.data.source == "demo":
     return load_demo(config.data.demo_val_images[:n], scales)
   if config.data.source == "tfds":
-    from edsr_jax import tfds_data
-
     return tfds_data.load_for_config(config, scales, "valid")
   if not config.data.val_dir:
     return None
@@ -204,6 +221,7 @@ def load_val_images(config, scales) -> SRImages | None:
 
 # ---------------------------------------------------------------------------- sampling
 
+
 def scale_for_step(seed: int, step: int, scales: Sequence[int]) -> int:
   """The scale trained at `step` (MDSR draws one per step; EDSR has one)."""
   if len(scales) == 1:
@@ -211,36 +229,36 @@ def scale_for_step(seed: int, step: int, scales: Sequence[int]) -> int:
   return scales[np.random.default_rng([seed, step, 1]).integers(len(scales))]
 
 
-def augment(patch: np.ndarray, code: int) -> np.ndarray:
-  """One of the 8 flips/transposes: bit 0 horizontal flip, bit 1 vertical, bit 2 transpose."""
-  if code & 1:
-    patch = patch[:, ::-1]
-  if code & 2:
-    patch = patch[::-1]
-  if code & 4:
-    patch = patch.transpose(1, 0, 2)
-  return patch
-
-
 class PatchSampler:
   """Random aligned LR/HR patches; `batch(step, scale)` is a pure function of its inputs."""
 
-  def __init__(self, images: SRImages, *, scales: Sequence[int], patch_size: int,
-               global_batch: int, seed: int, augment: bool = True,
-               process_index: int = 0, process_count: int = 1):
+  def __init__(
+    self,
+    images: SRImages,
+    *,
+    scales: Sequence[int],
+    patch_size: int,
+    global_batch: int,
+    seed: int,
+    augment: bool = True,
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
     if global_batch % process_count:
-      raise ConfigError(f"config.batch_size={global_batch} does not divide over "
-                        f"{process_count} processes")
+      raise errors.ConfigError(
+        f"config.batch_size={global_batch} does not divide over {process_count} processes"
+      )
     if len(images) == 0:
-      raise ConfigError("the training set has no images")
+      raise errors.ConfigError("the training set has no images")
     for s in scales:
       sizes = [lr.shape[:2] for lr in images.lr[s]]
       i = int(np.argmin([min(hw) for hw in sizes]))
       if min(sizes[i]) < patch_size:
-        raise ConfigError(
-            f"config.patch_size={patch_size} is larger than the smallest training image "
-            f"at x{s}: {images.names[i]} is {sizes[i][1]}x{sizes[i][0]} LR pixels; allowed "
-            f"at most {min(sizes[i])}")
+        raise errors.ConfigError(
+          f"config.patch_size={patch_size} is larger than the smallest training image "
+          f"at x{s}: {images.names[i]} is {sizes[i][1]}x{sizes[i][0]} LR pixels; allowed "
+          f"at most {min(sizes[i])}"
+        )
     self.images = images
     self.patch_size = patch_size
     self.global_batch = global_batch
@@ -263,14 +281,22 @@ class PatchSampler:
       lr, hr = self.images.lr[scale][i], self.images.hr[i]
       y = int(fy[row] * (lr.shape[0] - p + 1))
       x = int(fx[row] * (lr.shape[1] - p + 1))
-      lrs.append(augment(lr[y:y + p, x:x + p], codes[row]))
-      hrs.append(augment(hr[y * scale:(y + p) * scale, x * scale:(x + p) * scale], codes[row]))
+      lrs.append(image_io.flip_transpose(lr[y : y + p, x : x + p], codes[row]))
+      hrs.append(
+        image_io.flip_transpose(
+          hr[y * scale : (y + p) * scale, x * scale : (x + p) * scale], codes[row]
+        )
+      )
     return {"lr": np.stack(lrs), "hr": np.stack(hrs)}
 
 
-def prefetch_batches(sampler: PatchSampler, steps: range, scales: Sequence[int],
-                     sharding: jax.sharding.Sharding, size: int = 2
-                     ) -> Iterator[tuple[int, int, dict[str, jax.Array]]]:
+def prefetch_batches(
+  sampler: PatchSampler,
+  steps: range,
+  scales: Sequence[int],
+  sharding: jax.sharding.Sharding,
+  size: int = 2,
+) -> Iterator[tuple[int, int, dict[str, jax.Array]]]:
   """Yields (step, scale, global device batch), prepared `size` steps ahead.
 
   A background thread builds host batches; the next device transfer is issued before
@@ -302,8 +328,11 @@ def prefetch_batches(sampler: PatchSampler, steps: range, scales: Sequence[int],
 
   def to_device(item):
     step, scale, batch = item
-    return step, scale, {
-        k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+    return (
+      step,
+      scale,
+      {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()},
+    )
 
   thread = threading.Thread(target=produce, daemon=True, name="prefetch")
   thread.start()

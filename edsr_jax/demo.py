@@ -9,40 +9,45 @@ Prints PSNR/SSIM of the model and of bicubic upscaling on the held-out images an
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from edsr_jax import data, evaluation, image_io, logs, models, train
+from edsr_jax import cli, data, image_io, inference, metrics, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/demo", "Directory for checkpoints, logs and pictures.")
-config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.",
-                                lock_config=True)
+config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.", lock_config=True)
 
 
 def report(config, state, workdir: epath.Path) -> dict:
   """Scores the trained model on the held-out images; writes comparison.png and JSON."""
   scale = config.model.scale
-  model = models.create_model(config.model, jnp.dtype(config.model.dtype))
-  predict = evaluation.make_predict_fn(model)
+  upscaler = inference.Upscaler(config, state.params)
   val_images = data.load_val_images(config, (scale,))
-  means, per_image, outputs = evaluation.evaluate(
-      predict, state.params, val_images, scale, config.data.val_convention)
+  strips = []
+
+  def draw(row, lr, bicubic, sr, hr):
+    strips.append(metrics.comparison_strip(lr, bicubic, sr, hr, scale=scale))
+
+  means, per_image = metrics.score(
+    upscaler, val_images, scale, config.data.val_convention, each=draw
+  )
   rows = per_image + [{"name": "mean", **means}]
   width = max(len(row["name"]) for row in rows)
   print(f"\nHeld-out images, x{scale}, Y-PSNR (border {scale}) / SSIM:")
   print(f"{'image':<{width}} {'bicubic':>17} {'EDSR (this run)':>17}")
   for row in rows:
-    print(f"{row['name']:<{width}} {row['bicubic_psnr']:>8.2f} / {row['bicubic_ssim']:.4f}"
-          f" {row['psnr']:>8.2f} / {row['ssim']:.4f}")
+    print(
+      f"{row['name']:<{width}} {row['bicubic_psnr']:>8.2f} / {row['bicubic_ssim']:.4f}"
+      f" {row['psnr']:>8.2f} / {row['ssim']:.4f}"
+    )
   print(f"gain over bicubic: {means['psnr'] - means['bicubic_psnr']:+.2f} dB")
-  strips = [evaluation.comparison_strip(*out, scale=scale) for out in outputs]
   width = max(s.shape[1] for s in strips)
-  strips = [np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0)), constant_values=255)
-            for s in strips]
+  strips = [
+    np.pad(s, ((0, 4), (0, width - s.shape[1]), (0, 0)), constant_values=255) for s in strips
+  ]
   image_io.write_image(workdir / "comparison.png", np.concatenate(strips, axis=0))
   results = {"scale": scale, **means, "per_image": per_image}
   (workdir / "demo_results.json").write_text(json.dumps(results, indent=2))
@@ -53,7 +58,6 @@ def report(config, state, workdir: epath.Path) -> dict:
 
 def main(argv):
   del argv
-  logs.quiet_library_logs()
   workdir = epath.Path(FLAGS.workdir)
   state = train.train_and_evaluate(FLAGS.config, str(workdir))
   if jax.process_index() == 0:
@@ -61,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

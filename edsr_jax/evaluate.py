@@ -28,46 +28,44 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 import time
 
-import numpy as np
 from absl import app, flags
 
-from edsr_jax import data, evaluation, image_io, inference, logs, metrics
-from edsr_jax.config_lib import ConfigError
+from edsr_jax import cli, data, errors, image_io, inference, metrics, tfds_data
 
 FLAGS = flags.FLAGS
 DEFAULT_DATASETS = ("Set5", "Set14", "B100", "Urban100")
 DIV2K = "DIV2K"
-SR_PATTERN = "{name}_x{scale}_SR.png"
 
 
 def _define_flags() -> None:
   # Defined only when run as a program, so importing this module defines no flags.
-  flags.DEFINE_string("checkpoint", None, "Training workdir or checkpoint step directory.",
-                      required=True)
-  flags.DEFINE_string("benchmark_dir", None, "Folder holding the datasets (not needed for "
-                      "DIV2K read through --tfds_data_dir).")
-  flags.DEFINE_string("tfds_data_dir", None, "Read DIV2K's validation split from TFDS "
-                      "(div2k/bicubic_x<s>, prepared there) instead of folders.")
+  flags.DEFINE_string(
+    "checkpoint", None, "Training workdir or checkpoint step directory.", required=True
+  )
+  flags.DEFINE_string(
+    "benchmark_dir",
+    None,
+    "Folder holding the datasets (not needed for DIV2K read through --tfds_data_dir).",
+  )
+  flags.DEFINE_string(
+    "tfds_data_dir",
+    None,
+    "Read DIV2K's validation split from TFDS "
+    "(div2k/bicubic_x<s>, prepared there) instead of folders.",
+  )
   flags.DEFINE_list("datasets", list(DEFAULT_DATASETS), "Datasets to score (folder names).")
   flags.DEFINE_list("scales", None, "Scales to score; default all the model serves.")
   flags.DEFINE_bool("self_ensemble", False, "Average the 8 flips/transposes (the '+' rows).")
   flags.DEFINE_string("output_json", None, "Optional path of a JSON summary.")
   flags.DEFINE_string("save_images", None, "Optional folder for the SR images.")
-  flags.DEFINE_integer("tile_size", None, "Tile side in LR pixels; default automatic.",
-                       lower_bound=0)
-  flags.DEFINE_integer("max_images", None, "Score only the first N images of each set.",
-                       lower_bound=1)
-
-
-class EvaluateError(Exception):
-  """An input problem reported as one line, without a traceback."""
-
-
-def _log(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
+  flags.DEFINE_integer(
+    "tile_size", None, "Tile side in LR pixels; default automatic.", lower_bound=0
+  )
+  flags.DEFINE_integer(
+    "max_images", None, "Score only the first N images of each set.", lower_bound=1
+  )
 
 
 def dataset_root(benchmark_dir: pathlib.Path, name: str) -> pathlib.Path:
@@ -76,13 +74,17 @@ def dataset_root(benchmark_dir: pathlib.Path, name: str) -> pathlib.Path:
     for root in (benchmark_dir, benchmark_dir / DIV2K):
       if (root / "DIV2K_valid_HR").is_dir():
         return root
-    raise EvaluateError(f"no DIV2K validation set: neither {benchmark_dir} nor "
-                        f"{benchmark_dir / DIV2K} holds DIV2K_valid_HR/")
+    raise errors.UserError(
+      f"no DIV2K validation set: neither {benchmark_dir} nor "
+      f"{benchmark_dir / DIV2K} holds DIV2K_valid_HR/"
+    )
   root = benchmark_dir / name
   if not root.is_dir():
     present = sorted(p.name for p in benchmark_dir.iterdir() if p.is_dir())
-    raise EvaluateError(f"dataset {name}: no folder {root}; {benchmark_dir} holds "
-                        f"{', '.join(present) if present else 'no folders'}")
+    raise errors.UserError(
+      f"dataset {name}: no folder {root}; {benchmark_dir} holds "
+      f"{', '.join(present) if present else 'no folders'}"
+    )
   return root
 
 
@@ -92,37 +94,58 @@ def parse_scales(values, served: tuple[int, ...]) -> tuple[int, ...]:
   try:
     wanted = tuple(int(v) for v in values)
   except ValueError:
-    raise EvaluateError(f"--scales must be integers, got {','.join(values)}") from None
+    raise errors.UserError(f"--scales must be integers, got {','.join(values)}") from None
   scales = tuple(s for s in wanted if s in served)
   if not scales:
-    raise EvaluateError(f"the model serves {', '.join(f'x{s}' for s in served)}, none of "
-                        f"--scales={','.join(values)}")
+    raise errors.UserError(
+      f"the model serves {', '.join(f'x{s}' for s in served)}, none of --scales={','.join(values)}"
+    )
   skipped = [s for s in wanted if s not in served]
   if skipped:
-    _log(f"evaluate: skipping {', '.join(f'x{s}' for s in skipped)}: not served by the model")
+    cli.log(f"evaluate: skipping {', '.join(f'x{s}' for s in skipped)}: not served by the model")
   return scales
 
 
-def score_dataset(upscaler, name: str, images: data.SRImages, scale: int, convention: str,
-                  *, self_ensemble: bool, tile_size, save_dir: pathlib.Path | None) -> dict:
-  """Mean PSNR/SSIM of the model and of bicubic over one dataset at one scale."""
-  rows = []
-  for i, image_name in enumerate(images.names):
-    start = time.perf_counter()
-    lr, hr = images.pair(i, scale)
-    sr = upscaler.upscale(lr, scale, self_ensemble=self_ensemble, tile_size=tile_size)
-    bicubic = evaluation.bicubic_upscale(lr, scale)
-    model_scores = metrics.evaluate_pair(sr, hr, scale=scale, convention=convention)
-    bicubic_scores = metrics.evaluate_pair(bicubic, hr, scale=scale, convention=convention)
-    rows.append({**model_scores, **{f"bicubic_{k}": v for k, v in bicubic_scores.items()}})
+def score_dataset(
+  upscaler,
+  name: str,
+  images: data.SRImages,
+  scale: int,
+  convention: str,
+  *,
+  self_ensemble: bool,
+  tile_size,
+  save_dir: pathlib.Path | None,
+) -> dict:
+  """Mean PSNR/SSIM of the model and of bicubic over one dataset at one scale.
+
+  Progress on stderr, one line per image; the SR images go to `save_dir` if given.
+  """
+  done = []
+  start = [time.perf_counter()]
+
+  def report(row, lr, bicubic, sr, hr):
     if save_dir is not None:
-      image_io.write_image(save_dir / SR_PATTERN.format(name=image_name, scale=scale), sr)
-    _log(f"{name} x{scale} [{i + 1}/{len(images)}] {image_name}: "
-         f"{model_scores['psnr']:.2f} dB / {model_scores['ssim']:.4f} "
-         f"(bicubic {bicubic_scores['psnr']:.2f} / {bicubic_scores['ssim']:.4f}, "
-         f"{time.perf_counter() - start:.1f} s)")
-  keys = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
-  return {k: float(np.mean([row[k] for row in rows])) for k in keys}
+      image_io.write_image(save_dir / image_io.SR_PATTERN.format(name=row["name"], scale=scale), sr)
+    done.append(row["name"])
+    cli.log(
+      f"{name} x{scale} [{len(done)}/{len(images)}] {row['name']}: "
+      f"{row['psnr']:.2f} dB / {row['ssim']:.4f} "
+      f"(bicubic {row['bicubic_psnr']:.2f} / {row['bicubic_ssim']:.4f}, "
+      f"{time.perf_counter() - start[0]:.1f} s)"
+    )
+    start[0] = time.perf_counter()
+
+  means, _ = metrics.score(
+    upscaler,
+    images,
+    scale,
+    convention,
+    self_ensemble=self_ensemble,
+    tile_size=tile_size,
+    each=report,
+  )
+  return means
 
 
 def format_table(results: dict, model_label: str) -> str:
@@ -131,18 +154,24 @@ def format_table(results: dict, model_label: str) -> str:
   headers = [f"{name} {key}" for name, key in columns]
   label_width = max(len("Bicubic"), len(model_label))
   cells = {
-      "Bicubic": [f"{results[n][k]['bicubic_psnr']:.2f}/{results[n][k]['bicubic_ssim']:.4f}"
-                  for n, k in columns],
-      model_label: [f"{results[n][k]['psnr']:.2f}/{results[n][k]['ssim']:.4f}"
-                    for n, k in columns],
+    "Bicubic": [
+      f"{results[n][k]['bicubic_psnr']:.2f}/{results[n][k]['bicubic_ssim']:.4f}" for n, k in columns
+    ],
+    model_label: [f"{results[n][k]['psnr']:.2f}/{results[n][k]['ssim']:.4f}" for n, k in columns],
   }
   widths = [max(len(h), 12) for h in headers]
-  lines = [" | ".join([f"{'Method':<{label_width}}"] +
-                      [f"{h:^{w}}" for h, w in zip(headers, widths, strict=True)])]
+  lines = [
+    " | ".join(
+      [f"{'Method':<{label_width}}"] + [f"{h:^{w}}" for h, w in zip(headers, widths, strict=True)]
+    )
+  ]
   lines.append("-+-".join(["-" * label_width] + ["-" * w for w in widths]))
   for label, row in cells.items():
-    lines.append(" | ".join([f"{label:<{label_width}}"] +
-                            [f"{c:^{w}}" for c, w in zip(row, widths, strict=True)]))
+    lines.append(
+      " | ".join(
+        [f"{label:<{label_width}}"] + [f"{c:^{w}}" for c, w in zip(row, widths, strict=True)]
+      )
+    )
   return "\n".join(lines)
 
 
@@ -151,50 +180,57 @@ def _from_tfds(name: str) -> bool:
 
 
 def run() -> dict:
-  logs.quiet_library_logs()
   if not FLAGS.datasets:
-    raise EvaluateError("--datasets is empty")
+    raise errors.UserError("--datasets is empty")
   roots = {}
   if not all(_from_tfds(name) for name in FLAGS.datasets):
     benchmark_dir = pathlib.Path(FLAGS.benchmark_dir or "")
     if not FLAGS.benchmark_dir or not benchmark_dir.is_dir():
-      raise EvaluateError(f"--benchmark_dir {FLAGS.benchmark_dir!r} is not an existing folder")
+      raise errors.UserError(f"--benchmark_dir {FLAGS.benchmark_dir!r} is not an existing folder")
     # Every dataset folder is checked before anything slow happens.
-    roots = {name: dataset_root(benchmark_dir, name) for name in FLAGS.datasets
-             if not _from_tfds(name)}
-  try:
-    upscaler = inference.load(FLAGS.checkpoint)
-  except inference.CheckpointError as e:
-    raise EvaluateError(str(e)) from None
+    roots = {
+      name: dataset_root(benchmark_dir, name) for name in FLAGS.datasets if not _from_tfds(name)
+    }
+  upscaler = inference.load(FLAGS.checkpoint)
   scales = parse_scales(FLAGS.scales, upscaler.scales)
-  _log(f"evaluate: {upscaler}; {', '.join(FLAGS.datasets)} at {', '.join(f'x{s}' for s in scales)}"
-       f"{' with self-ensemble' if FLAGS.self_ensemble else ''}")
+  cli.log(
+    f"evaluate: {upscaler}; {', '.join(FLAGS.datasets)} at {', '.join(f'x{s}' for s in scales)}"
+    f"{' with self-ensemble' if FLAGS.self_ensemble else ''}"
+  )
 
   results: dict[str, dict[str, dict]] = {}
   for name in FLAGS.datasets:
     try:
       if _from_tfds(name):
-        from edsr_jax import tfds_data  # imports TensorFlow: only when asked for
-
-        images = tfds_data.load("div2k/bicubic_x{scale}", scales, "valid",
-                                data_dir=FLAGS.tfds_data_dir, max_images=FLAGS.max_images)
+        images = tfds_data.load(
+          "div2k/bicubic_x{scale}",
+          scales,
+          "valid",
+          data_dir=FLAGS.tfds_data_dir,
+          max_images=FLAGS.max_images,
+        )
       else:
-        images = data.load_folder(roots[name], scales, split="valid",
-                                  max_images=FLAGS.max_images)
-    except (ConfigError, image_io.ImageError) as e:
-      raise EvaluateError(f"dataset {name}: {e}") from None
+        images = data.load_folder(roots[name], scales, split="valid", max_images=FLAGS.max_images)
+    except (errors.ConfigError, errors.ImageError) as e:
+      raise type(e)(f"dataset {name}: {e}") from None
     convention = "div2k" if name == DIV2K else "benchmark"
     for s in scales:
       save_dir = None
       if FLAGS.save_images:
         save_dir = pathlib.Path(FLAGS.save_images) / name / f"x{s}"
       results.setdefault(name, {})[f"x{s}"] = score_dataset(
-          upscaler, name, images, s, convention, self_ensemble=FLAGS.self_ensemble,
-          tile_size=FLAGS.tile_size, save_dir=save_dir)
+        upscaler,
+        name,
+        images,
+        s,
+        convention,
+        self_ensemble=FLAGS.self_ensemble,
+        tile_size=FLAGS.tile_size,
+        save_dir=save_dir,
+      )
 
   step = pathlib.Path(upscaler.source).name
-  label = (f"{upscaler.config.model.name.upper()}{'+' if FLAGS.self_ensemble else ''} "
-           f"(step {step})")
+  label = f"{upscaler.config.model.name.upper()}{'+' if FLAGS.self_ensemble else ''} (step {step})"
   print(format_table(results, label))
   if FLAGS.output_json:
     out = pathlib.Path(FLAGS.output_json)
@@ -202,19 +238,16 @@ def run() -> dict:
       out.parent.mkdir(parents=True, exist_ok=True)
       out.write_text(json.dumps(results, indent=2) + "\n")
     except OSError as e:
-      raise EvaluateError(f"cannot write --output_json {out}: {e}") from None
+      raise errors.UserError(f"cannot write --output_json {out}: {e}") from None
   return results
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    run()
-  except EvaluateError as e:
-    sys.exit(f"evaluate: error: {' '.join(str(e).split())}")
+  run()
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -6,7 +6,7 @@ Usage:
       [--scales=2,3,4] [--num_blocks=N] [--num_features=N] [--res_scale=X] [--overwrite]
 
 The file is read without PyTorch and without running code from it (see
-`edsr_jax.torch_weights`). The network (EDSR or MDSR, residual blocks, features, scale or
+`edsr_jax.torch_pickle`). The network (EDSR or MDSR, residual blocks, features, scale or
 scales) is read from the tensor shapes; the optional flags state what you expect, and a
 flag that contradicts the file stops the import with the tensor that disagrees. res_scale
 is not stored in the weights: it defaults to the official value for the detected size
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +37,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from edsr_jax import checkpoint, config_lib, logs, models, torch_weights
+from edsr_jax import checkpoint, cli, config_lib, errors, models, torch_weights, train
 
 FLAGS = flags.FLAGS
 
@@ -50,24 +49,29 @@ def _define_flags() -> None:
   flags.DEFINE_string("output", None, "Workdir to write the checkpoint into.", required=True)
   flags.DEFINE_enum("model", None, ["edsr", "mdsr"], "Expected network (default: detected).")
   flags.DEFINE_integer("scale", None, "Expected EDSR scale (default: detected).")
-  flags.DEFINE_list("scales", None, "Expected MDSR scales, in the file's branch order, e.g. "
-                    "2,3,4 (default: detected).")
-  flags.DEFINE_integer("num_blocks", None, "Expected residual blocks (default: detected).",
-                       lower_bound=1)
-  flags.DEFINE_integer("num_features", None, "Expected features (default: detected).",
-                       lower_bound=1)
-  flags.DEFINE_float("res_scale", None, "Residual scaling, which the weights do not store "
-                     "(default: the official value for the detected size).")
+  flags.DEFINE_list(
+    "scales",
+    None,
+    "Expected MDSR scales, in the file's branch order, e.g. 2,3,4 (default: detected).",
+  )
+  flags.DEFINE_integer(
+    "num_blocks", None, "Expected residual blocks (default: detected).", lower_bound=1
+  )
+  flags.DEFINE_integer(
+    "num_features", None, "Expected features (default: detected).", lower_bound=1
+  )
+  flags.DEFINE_float(
+    "res_scale",
+    None,
+    "Residual scaling, which the weights do not store "
+    "(default: the official value for the detected size).",
+  )
   flags.DEFINE_bool("overwrite", False, "Replace <output>/checkpoints if it exists.")
 
 
-class ImportTorchError(ValueError):
-  """A problem with the request (flags, output folder) reported as one line."""
-
-
 def _check_scale_flag(name: str, value: int) -> None:
-  if value not in config_lib.SCALES:
-    raise ImportTorchError(f"--{name}={value} is invalid: allowed one of {config_lib.SCALES}")
+  if value not in models.SCALES:
+    raise errors.UserError(f"--{name}={value} is invalid: allowed one of {models.SCALES}")
 
 
 def _existing_checkpoints(output: str) -> list[str]:
@@ -102,110 +106,133 @@ def _check_against_model(params, config) -> None:
   want = jax.tree.map(lambda x: tuple(x.shape), abstract)
   got = jax.tree.map(lambda x: tuple(x.shape), params)
   if want != got:
-    raise RuntimeError("imported parameter tree does not match edsr_jax.models "
-                       f"(expected {want}, got {got})")
+    raise RuntimeError(
+      f"imported parameter tree does not match edsr_jax.models (expected {want}, got {got})"
+    )
 
 
-def convert(input_path: str | os.PathLike, output: str | os.PathLike, *,
-            model: str | None = None, scale: int | None = None,
-            scales: tuple[int, ...] | None = None, num_blocks: int | None = None,
-            num_features: int | None = None, res_scale: float | None = None,
-            overwrite: bool = False) -> dict:
+def convert(
+  input_path: str | os.PathLike,
+  output: str | os.PathLike,
+  *,
+  model: str | None = None,
+  scale: int | None = None,
+  scales: tuple[int, ...] | None = None,
+  num_blocks: int | None = None,
+  num_features: int | None = None,
+  res_scale: float | None = None,
+  overwrite: bool = False,
+) -> dict:
   """Reads, checks and writes; returns {"arch", "res_scale", "res_scale_source",
   "num_params", "checkpoint_dir"}. Nothing is written unless every check passes."""
   output = os.fspath(output)
   if os.path.exists(output) and not os.path.isdir(output):
-    raise ImportTorchError(f"--output={output} exists and is not a folder")
+    raise errors.UserError(f"--output={output} exists and is not a folder")
   existing = _existing_checkpoints(output)
   if existing and not overwrite:
-    raise ImportTorchError(
-        f"{checkpoint.checkpoint_dir(output)} already holds checkpoint(s) {existing}; "
-        "refusing to overwrite them (use another --output, or --overwrite to replace them)")
+    raise errors.CheckpointError(
+      f"{checkpoint.checkpoint_dir(output)} already holds checkpoint(s) {existing}; "
+      "refusing to overwrite them (use another --output, or --overwrite to replace them)"
+    )
   if scale is not None:
     _check_scale_flag("scale", scale)
   for s in scales or ():
     _check_scale_flag("scales", s)
   if res_scale is not None and not 0 < res_scale <= 1:
-    raise ImportTorchError(f"--res_scale={res_scale} is invalid: allowed a number in (0, 1]")
+    raise errors.UserError(f"--res_scale={res_scale} is invalid: allowed a number in (0, 1]")
 
-  state = torch_weights.load_state_dict(input_path)
-  arch = torch_weights.detect_architecture(
-      state, model=model, scale=scale, scales=scales, num_blocks=num_blocks,
-      num_features=num_features)
+  state = torch_weights.read_state_dict(input_path)
+  try:
+    arch = torch_weights.detect_architecture(
+      state,
+      model=model,
+      scale=scale,
+      scales=scales,
+      num_blocks=num_blocks,
+      num_features=num_features,
+    )
+  except errors.WeightsError as e:
+    raise _as_flag(e) from None
   torch_weights.check_state_dict(state, arch)
   source = "--res_scale"
   if res_scale is None:
     res_scale = torch_weights.default_res_scale(arch)
     source = "official value for this size"
     if res_scale is None:
-      raise ImportTorchError(
-          f"{input_path} holds {arch.describe()}, not an official size, so its res_scale "
-          "(not stored in the weights) is unknown: pass --res_scale (official: 0.1 for "
-          "256-feature EDSR, 1.0 for 64 features)")
+      raise errors.WeightsError(
+        f"{input_path} holds {arch.describe()}, not an official size, so its res_scale "
+        "(not stored in the weights) is unknown: pass --res_scale (official: 0.1 for "
+        "256-feature EDSR, 1.0 for 64 features)"
+      )
   config = make_config(arch, res_scale)
   params = torch_weights.to_flax_params(state, arch)
   _check_against_model(params, config)
-
-  # Imported only now: train pulls in optax and the data pipeline, seconds that a refused
-  # file should not wait for.
-  from edsr_jax import train
 
   # The same layout as train.create_train_state: replicated on the device mesh.
   tx = train.make_optimizer(config)
   replicated = NamedSharding(train.make_mesh(), P())
   params = jax.device_put(params, replicated)
-  train_state = jax.jit(
-      lambda p: train.new_train_state(p, tx),
-      out_shardings=replicated)(params)
+  train_state = jax.jit(lambda p: train.new_train_state(p, tx), out_shardings=replicated)(params)
 
   ckpt_dir = checkpoint.checkpoint_dir(output)
   if existing:  # --overwrite: training resumes from the latest step, so clear them all
     shutil.rmtree(ckpt_dir)
   manager = checkpoint.make_manager(output)
   checkpoint.save(manager, 0, train_state, config)
-  manager.wait_until_finished()
   manager.close()
   return {
-      "arch": arch,
-      "res_scale": float(res_scale),
-      "res_scale_source": source,
-      "num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
-      "checkpoint_dir": str(ckpt_dir / "0"),
+    "arch": arch,
+    "res_scale": float(res_scale),
+    "res_scale_source": source,
+    "num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
+    "checkpoint_dir": str(ckpt_dir / "0"),
   }
 
 
-def _one_line(error: BaseException) -> str:
-  return " ".join(str(error).split()) or type(error).__name__
+def _as_flag(error: errors.WeightsError) -> errors.WeightsError:
+  """The mapping's `name=value` restated as this tool's `--name=value`."""
+  if error.argument is None:
+    return error
+  value = error.value
+  if isinstance(value, tuple):
+    value = ",".join(map(str, value))
+  flag = f"--{error.argument}" if value is None else f"--{error.argument}={value}"
+  return errors.WeightsError(flag + error.detail)
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logs.quiet_library_logs()
   try:
-    try:
-      scales = None if FLAGS.scales is None else tuple(int(s) for s in FLAGS.scales)
-    except ValueError:
-      raise ImportTorchError(f"--scales={','.join(FLAGS.scales)} is not a list of "
-                             "integers") from None
-    summary = convert(
-        FLAGS.input, FLAGS.output, model=FLAGS.model, scale=FLAGS.scale, scales=scales,
-        num_blocks=FLAGS.num_blocks, num_features=FLAGS.num_features,
-        res_scale=FLAGS.res_scale, overwrite=FLAGS.overwrite)
-  except (ImportTorchError, torch_weights.TorchFileError, torch_weights.WeightsMismatchError,
-          config_lib.ConfigError) as e:
-    sys.exit(f"import_torch: error: {_one_line(e)}")
+    scales = None if FLAGS.scales is None else tuple(int(s) for s in FLAGS.scales)
+  except ValueError:
+    raise errors.UserError(f"--scales={','.join(FLAGS.scales)} is not a list of integers") from None
+  summary = convert(
+    FLAGS.input,
+    FLAGS.output,
+    model=FLAGS.model,
+    scale=FLAGS.scale,
+    scales=scales,
+    num_blocks=FLAGS.num_blocks,
+    num_features=FLAGS.num_features,
+    res_scale=FLAGS.res_scale,
+    overwrite=FLAGS.overwrite,
+  )
   arch = summary["arch"]
   print(f"read {FLAGS.input}: {arch.describe()}")
-  print(f"model: {arch.model}; residual blocks: {arch.num_blocks}; features: "
-        f"{arch.num_features}; scale{'s' if arch.model == 'mdsr' else ''}: "
-        f"{','.join(str(s) for s in arch.scales)}")
+  print(
+    f"model: {arch.model}; residual blocks: {arch.num_blocks}; features: "
+    f"{arch.num_features}; scale{'s' if arch.model == 'mdsr' else ''}: "
+    f"{','.join(str(s) for s in arch.scales)}"
+  )
   print(f"res_scale: {summary['res_scale']:g} ({summary['res_scale_source']})")
   print(f"parameters: {summary['num_params']:,}")
-  print(f"wrote {summary['checkpoint_dir']} (step 0, fresh Adam state); fine-tune with "
-        f"--workdir={FLAGS.output} and a config of the same network")
+  print(
+    f"wrote {summary['checkpoint_dir']} (step 0, fresh Adam state); fine-tune with "
+    f"--workdir={FLAGS.output} and a config of the same network"
+  )
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 
@@ -27,10 +26,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-from etils import epath
 
-from edsr_jax import checkpoint, evaluation, models
+from edsr_jax import checkpoint, image_io, metrics, models
 
 # Auto tiling (tile_size=None) bounds the LR pixels (counting self-ensemble copies) that
 # go through the network in one call, which bounds memory: images up to this size run
@@ -39,19 +36,8 @@ from edsr_jax import checkpoint, evaluation, models
 # EDSR baseline x4, tiles of 440 ran 1.3x faster than tiles of 256).
 AUTO_MAX_PIXELS = 512 * 512
 
-# Self-ensemble transforms, numbered as data.augment numbers them: bit 0 flips
-# horizontally, bit 1 vertically, bit 2 transposes (applied in that order).
-NUM_TRANSFORMS = 8
-
-# Per scale, the pixel-shuffle factors of the upsampler (as in models.Upsampler).
-_UPSAMPLE_STAGES = {2: (2,), 3: (3,), 4: (2, 2)}
-
-
-class CheckpointError(ValueError):
-  """A checkpoint path that cannot be loaded; the message names the path and the problem."""
-
-
 # ------------------------------------------------------------------ receptive field
+
 
 def receptive_field_radius(model_config, scale: int) -> int:
   """How many LR pixels beyond a region its super-resolved output depends on.
@@ -64,7 +50,7 @@ def receptive_field_radius(model_config, scale: int) -> int:
   rounded up to 1); MDSR adds its two 5x5 pre-process blocks (8): 2 * num_blocks + 12.
   """
   margin = 1  # tail, 3x3 at HR resolution
-  for r in reversed(_UPSAMPLE_STAGES[scale]):
+  for r in reversed(models.UPSAMPLE_STAGES[scale]):
     margin = math.ceil(margin / r)  # back through this stage's pixel shuffle
     margin += 1  # this stage's 3x3 conv, at the coarser resolution
   margin += 1 + 2 * model_config.num_blocks  # body conv and the residual blocks
@@ -74,6 +60,7 @@ def receptive_field_radius(model_config, scale: int) -> int:
 
 
 # ------------------------------------------------------------------ tiling
+
 
 def _axis_windows(length: int, tile: int, halo: int) -> tuple[int, list[tuple[int, int, int]]]:
   """Splits one axis: (window length, [(keep_start, keep_end, window_start), ...]).
@@ -117,26 +104,6 @@ class TilePlan:
 
 # ------------------------------------------------------------------ self-ensemble
 
-def _transform(x: jax.Array, code: int) -> jax.Array:
-  """Transform `code` of NHWC images (see NUM_TRANSFORMS)."""
-  if code & 1:
-    x = x[:, :, ::-1]
-  if code & 2:
-    x = x[:, ::-1]
-  if code & 4:
-    x = x.transpose(0, 2, 1, 3)
-  return x
-
-
-def _untransform(x: jax.Array, code: int) -> jax.Array:
-  if code & 4:
-    x = x.transpose(0, 2, 1, 3)
-  if code & 2:
-    x = x[:, ::-1]
-  if code & 1:
-    x = x[:, :, ::-1]
-  return x
-
 
 def _forward(params, lr, *, model, scale: int, self_ensemble: bool, quantize: bool):
   """uint8 (N, h, w, 3) -> (N, h*s, w*s, 3), uint8 or the network's float32."""
@@ -153,32 +120,38 @@ def _forward(params, lr, *, model, scale: int, self_ensemble: bool, quantize: bo
     n = x.shape[0]
     outputs = []
     for codes in ((0, 1, 2, 3), (4, 5, 6, 7)):
-      out = apply(jnp.concatenate([_transform(x, c) for c in codes]))
-      outputs += [_untransform(out[k * n:(k + 1) * n], c) for k, c in enumerate(codes)]
+      out = apply(jnp.concatenate([image_io.flip_transpose(x, c) for c in codes]))
+      outputs += [
+        image_io.undo_flip_transpose(out[k * n : (k + 1) * n], c) for k, c in enumerate(codes)
+      ]
     y = outputs[0]
     for out in outputs[1:]:  # summed in transform order, in float32
       y = y + out
-    y = y / NUM_TRANSFORMS
-  return evaluation.quantize(y) if quantize else y
+    y = y / image_io.NUM_TRANSFORMS
+  return metrics.round_to_uint8(y) if quantize else y
 
 
 # ------------------------------------------------------------------ the upscaler
+
 
 def _check_image(image) -> np.ndarray:
   array = np.asarray(image)
   if array.dtype != np.uint8:
     hint = ""
     if np.issubdtype(array.dtype, np.floating):
-      hint = (": for a float image on 0..1 pass "
-              "np.floor(np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), on 0..255 "
-              "np.floor(np.clip(image, 0, 255) + 0.5).astype(np.uint8)")
-    raise TypeError(f"upscale takes a uint8 RGB image (0..255), got dtype {array.dtype}"
-                    f"{hint}")
+      hint = (
+        ": for a float image on 0..1 pass "
+        "np.floor(np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), on 0..255 "
+        "np.floor(np.clip(image, 0, 255) + 0.5).astype(np.uint8)"
+      )
+    raise TypeError(f"upscale takes a uint8 RGB image (0..255), got dtype {array.dtype}{hint}")
   if array.ndim != 3 or array.shape[-1] != 3:
     hint = ""
     if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 4)):
-      hint = (" (for greyscale repeat the channel 3 times, for RGBA drop alpha; "
-              "edsr_jax.image_io.read_rgb does both)")
+      hint = (
+        " (for greyscale repeat the channel 3 times, for RGBA drop alpha; "
+        "edsr_jax.image_io.read_rgb does both)"
+      )
     raise ValueError(f"upscale takes an (H, W, 3) RGB image, got shape {array.shape}{hint}")
   if min(array.shape[:2]) < 1:
     raise ValueError(f"upscale got an empty image of shape {array.shape}")
@@ -188,8 +161,9 @@ def _check_image(image) -> np.ndarray:
 class Upscaler:
   """A restored network: `upscale(image)` runs it on whole images of any size."""
 
-  def __init__(self, config: ml_collections.ConfigDict, params, *, dtype=None,
-               source: str | None = None):
+  def __init__(
+    self, config: ml_collections.ConfigDict, params, *, dtype=None, source: str | None = None
+  ):
     self.config = config
     self.params = params
     self.source = source
@@ -197,13 +171,16 @@ class Upscaler:
     self.model = models.create_model(config.model, dtype)
     self.scales = models.model_scales(config.model)
     self._forward = jax.jit(
-        functools.partial(_forward, model=self.model),
-        static_argnames=("scale", "self_ensemble", "quantize"))
+      functools.partial(_forward, model=self.model),
+      static_argnames=("scale", "self_ensemble", "quantize"),
+    )
 
   def __repr__(self):
     m = self.config.model
-    return (f"Upscaler({m.name}, scales={self.scales}, blocks={m.num_blocks}, "
-            f"features={m.num_features}, from={self.source!r})")
+    return (
+      f"Upscaler({m.name}, scales={self.scales}, blocks={m.num_blocks}, "
+      f"features={m.num_features}, from={self.source!r})"
+    )
 
   def resolve_scale(self, scale: int | None) -> int:
     """`scale`, checked; None means the model's only scale (MDSR needs it stated)."""
@@ -212,24 +189,33 @@ class Upscaler:
       if len(self.scales) == 1:
         return self.scales[0]
       raise ValueError(f"this {self.config.model.name} model serves {available}: pass scale=")
-    if isinstance(scale, bool) or not isinstance(scale, int | np.integer) or (
-        int(scale) not in self.scales):
+    if (
+      isinstance(scale, bool)
+      or not isinstance(scale, int | np.integer)
+      or (int(scale) not in self.scales)
+    ):
       raise ValueError(f"scale {scale!r} is not served by this model; available: {available}")
     return int(scale)
 
   def halo(self, scale: int) -> int:
     return receptive_field_radius(self.config.model, scale)
 
-  def tile_size_for(self, shape, scale: int, self_ensemble: bool = False,
-                    tile_size: int | None = None) -> int:
+  def tile_size_for(
+    self, shape, scale: int, self_ensemble: bool = False, tile_size: int | None = None
+  ) -> int:
     """The tile side (LR pixels) that `upscale` uses; 0 means untiled."""
     if tile_size is not None:
-      if isinstance(tile_size, bool) or not isinstance(tile_size, int | np.integer) or (
-          tile_size < 0):
-        raise ValueError(f"tile_size must be None (automatic), 0 (untiled) or a positive "
-                         f"number of LR pixels, got {tile_size!r}")
+      if (
+        isinstance(tile_size, bool)
+        or not isinstance(tile_size, int | np.integer)
+        or (tile_size < 0)
+      ):
+        raise ValueError(
+          f"tile_size must be None (automatic), 0 (untiled) or a positive "
+          f"number of LR pixels, got {tile_size!r}"
+        )
       return int(tile_size)
-    copies = NUM_TRANSFORMS if self_ensemble else 1
+    copies = image_io.NUM_TRANSFORMS if self_ensemble else 1
     if shape[0] * shape[1] * copies <= AUTO_MAX_PIXELS:
       return 0
     halo = self.halo(scale)
@@ -238,8 +224,9 @@ class Upscaler:
     # least two halos wide, even if a call then exceeds the pixel budget.
     return max(side - 2 * halo, 2 * halo)
 
-  def upscale(self, image, scale: int | None = None, self_ensemble: bool = False,
-              tile_size: int | None = None) -> np.ndarray:
+  def upscale(
+    self, image, scale: int | None = None, self_ensemble: bool = False, tile_size: int | None = None
+  ) -> np.ndarray:
     """Super-resolves a uint8 (H, W, 3) RGB image to uint8 (H*s, W*s, 3).
 
     Args:
@@ -253,13 +240,15 @@ class Upscaler:
     """
     return self._run(image, scale, self_ensemble, tile_size, quantize=True)
 
-  def upscale_float(self, image, scale: int | None = None, self_ensemble: bool = False,
-                    tile_size: int | None = None) -> np.ndarray:
+  def upscale_float(
+    self, image, scale: int | None = None, self_ensemble: bool = False, tile_size: int | None = None
+  ) -> np.ndarray:
     """As `upscale`, but the network's float32 output (0..255, not clipped or rounded)."""
     return self._run(image, scale, self_ensemble, tile_size, quantize=False)
 
-  def plan(self, shape, scale: int | None = None, self_ensemble: bool = False,
-           tile_size: int | None = None) -> TilePlan:
+  def plan(
+    self, shape, scale: int | None = None, self_ensemble: bool = False, tile_size: int | None = None
+  ) -> TilePlan:
     """How `upscale` cuts an image of `shape` (H, W, ...) into tiles and calls."""
     scale = self.resolve_scale(scale)
     tile = self.tile_size_for(shape, scale, self_ensemble, tile_size)
@@ -267,17 +256,18 @@ class Upscaler:
     win_h, rows = _axis_windows(shape[0], tile, halo)
     win_w, cols = _axis_windows(shape[1], tile, halo)
     tiles = [(r, c) for r in rows for c in cols]
-    copies = NUM_TRANSFORMS if self_ensemble else 1
+    copies = image_io.NUM_TRANSFORMS if self_ensemble else 1
     per_call = min(max(1, AUTO_MAX_PIXELS // (win_h * win_w * copies)), len(tiles))
-    calls = [tiles[i:i + per_call] for i in range(0, len(tiles), per_call)]
+    calls = [tiles[i : i + per_call] for i in range(0, len(tiles), per_call)]
     return TilePlan(scale, bool(self_ensemble), tile, halo, (win_h, win_w), per_call, calls)
 
   def _run(self, image, scale, self_ensemble, tile_size, quantize):
     image = _check_image(image)
     plan = self.plan(image.shape, scale, self_ensemble, tile_size)
     s = plan.scale
-    out = np.empty((image.shape[0] * s, image.shape[1] * s, 3),
-                   np.uint8 if quantize else np.float32)
+    out = np.empty(
+      (image.shape[0] * s, image.shape[1] * s, 3), np.uint8 if quantize else np.float32
+    )
     for group in plan.calls:
       self._run_call(image, plan, group, out, quantize)
     return out
@@ -285,98 +275,25 @@ class Upscaler:
   def _run_call(self, image, plan: TilePlan, group, out, quantize=True):
     """Runs one call of `plan` (a list of tiles) and writes the tiles' centres to `out`."""
     (win_h, win_w), s = plan.window, plan.scale
-    batch = np.stack([image[wy:wy + win_h, wx:wx + win_w]
-                      for (_, _, wy), (_, _, wx) in group])
+    batch = np.stack([image[wy : wy + win_h, wx : wx + win_w] for (_, _, wy), (_, _, wx) in group])
     if len(group) < plan.per_call:  # keep one batch shape: one compiled program
       batch = np.concatenate([batch, np.repeat(batch[-1:], plan.per_call - len(group), 0)])
-    result = np.asarray(self._forward(self.params, batch, scale=s,
-                                      self_ensemble=plan.self_ensemble, quantize=quantize))
+    result = np.asarray(
+      self._forward(
+        self.params, batch, scale=s, self_ensemble=plan.self_ensemble, quantize=quantize
+      )
+    )
     for k, ((y0, y1, wy), (x0, x1, wx)) in enumerate(group):
-      out[y0 * s:y1 * s, x0 * s:x1 * s] = result[
-          k, (y0 - wy) * s:(y1 - wy) * s, (x0 - wx) * s:(x1 - wx) * s]
+      out[y0 * s : y1 * s, x0 * s : x1 * s] = result[
+        k, (y0 - wy) * s : (y1 - wy) * s, (x0 - wx) * s : (x1 - wx) * s
+      ]
 
 
 # ------------------------------------------------------------------ loading
 
-def _one_line(error: BaseException) -> str:
-  """The innermost cause's message, on one line and short (orbax nests long specs)."""
-  while error.__cause__ is not None:
-    error = error.__cause__
-  text = " ".join(str(error).split()) or type(error).__name__
-  return text if len(text) <= 300 else text[:297] + "..."
-
-
-def find_step_dir(path: str | os.PathLike) -> epath.Path:
-  """The checkpoint step directory that `path` names (a workdir means its latest)."""
-  path = epath.Path(path)
-  if not path.exists():
-    raise CheckpointError(f"{path}: no such file or directory")
-  if not path.is_dir():
-    raise CheckpointError(f"{path}: not a directory (expected a training workdir or a "
-                          f"checkpoint step directory)")
-  if (path / "state").is_dir() or (path / "config").is_dir():
-    if not ocp.utils.is_checkpoint_finalized(path):
-      raise CheckpointError(f"{path}: an unfinished checkpoint (the save did not complete)")
-    return path
-  checkpoints = path / checkpoint.CHECKPOINT_SUBDIR
-  if not checkpoints.is_dir():
-    if ocp.utils.checkpoint_steps(path):  # the checkpoints/ folder itself
-      checkpoints = path
-    else:
-      raise CheckpointError(
-          f"{path}: neither a training workdir (no {checkpoint.CHECKPOINT_SUBDIR}/ in it) "
-          "nor a checkpoint step directory (no state/ and config/ in it)")
-  steps = ocp.utils.checkpoint_steps(checkpoints)
-  if not steps:
-    raise CheckpointError(f"{path}: no finished checkpoints in {checkpoints}")
-  return checkpoints / str(max(steps))
-
-
-def _read_config(step_dir: epath.Path) -> ml_collections.ConfigDict:
-  if not (step_dir / "config").is_dir():
-    raise CheckpointError(f"{step_dir}: no config/ item; this checkpoint was not written by "
-                          "edsr_jax training (the config travels with each checkpoint)")
-  try:
-    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
-      saved = checkpointer.restore(step_dir / "config", args=ocp.args.JsonRestore())
-    config = ml_collections.ConfigDict(saved)
-  except Exception as e:  # orbax and json raise many types
-    raise CheckpointError(f"{step_dir}/config: unreadable or corrupt saved config "
-                          f"({_one_line(e)})") from None
-  return config
-
-
-def _restore_params(step_dir: epath.Path, model, scale: int):
-  if not (step_dir / "state").is_dir():
-    raise CheckpointError(f"{step_dir}: no state/ item (no parameters saved)")
-  # Shapes and dtypes from the model; placement on this process's first device, never
-  # the saved sharding, so a checkpoint from any number of devices restores here.
-  abstract = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), scale)["params"])
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  restore_args = jax.tree.map(
-      lambda x: ocp.ArrayRestoreArgs(sharding=device, global_shape=x.shape, dtype=x.dtype),
-      abstract)
-  try:
-    # A partial PyTree restore reads `params` only: the optimizer state stays on disk.
-    with ocp.PyTreeCheckpointer() as checkpointer:
-      restored = checkpointer.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
-          item={"params": abstract}, restore_args={"params": restore_args},
-          partial_restore=True))
-  except Exception as e:  # orbax raises bare Exception for tensorstore failures
-    raise CheckpointError(f"{step_dir}/state: cannot restore the parameters; the checkpoint "
-                          f"is corrupt or does not match its config ({_one_line(e)})") from None
-  params = restored["params"]
-  bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(params)
-         if not bool(jnp.all(jnp.isfinite(v)))]
-  if bad:
-    raise CheckpointError(f"{step_dir}/state: non-finite parameters in {', '.join(bad[:3])}"
-                          f"{' ...' if len(bad) > 3 else ''} (training diverged?)")
-  return params
-
 
 def load(path: str | os.PathLike, dtype=None) -> Upscaler:
-  """Restores the network of a checkpoint for inference.
+  """Restores the network of a checkpoint for inference (`checkpoint.load_params`).
 
   Args:
     path: a training workdir (its latest finished checkpoint is used), its
@@ -387,14 +304,5 @@ def load(path: str | os.PathLike, dtype=None) -> Upscaler:
     CheckpointError: (a ValueError) naming the path: missing, no finished checkpoint,
       or unreadable / corrupt files.
   """
-  step_dir = find_step_dir(path)
-  config = _read_config(step_dir)
-  try:
-    model = models.create_model(config.model)
-    scale = models.model_scales(config.model)[0]
-  except (ValueError, KeyError, AttributeError, TypeError) as e:
-    saved = json.dumps(config.to_dict().get("model"))
-    raise CheckpointError(f"{step_dir}/config: the saved model config is not usable "
-                          f"({_one_line(e)}): model = {saved}") from None
-  params = _restore_params(step_dir, model, scale)
+  config, params, step_dir = checkpoint.load_params(path)
   return Upscaler(config, params, dtype=dtype, source=str(step_dir))

@@ -11,20 +11,21 @@ same command on every worker (JAX finds the others); elsewhere add
 
 import glob
 import os
-import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from edsr_jax import config_lib, image_io, logs, train
+from edsr_jax import cli, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs.")
-config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
-                                lock_config=True)
-flags.DEFINE_string("coordinator_address", None,
-                    "HOST:PORT of process 0, for multi-process runs outside Cloud TPU.")
+config_flags.DEFINE_config_file(
+  "config", None, "Path to a config file (configs/*.py).", lock_config=True
+)
+flags.DEFINE_string(
+  "coordinator_address", None, "HOST:PORT of process 0, for multi-process runs outside Cloud TPU."
+)
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -35,8 +36,7 @@ def initialize_distributed() -> None:
   explicit = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
-      raise app.UsageError("--coordinator_address, --num_processes and --process_id go "
-                           "together")
+      raise app.UsageError("--coordinator_address, --num_processes and --process_id go together")
     jax.distributed.initialize(*explicit)
   elif on_cloud_tpu_vm():
     jax.distributed.initialize()  # finds the slice's workers itself (VM metadata / GKE env)
@@ -45,23 +45,27 @@ def initialize_distributed() -> None:
 def on_cloud_tpu_vm() -> bool:
   # TPU chips show up as /dev/accel* (v2-v4) or /dev/vfio/* (v5e and later); GKE sets the
   # worker list in the environment. On a single-host slice initialize() is harmless.
-  return bool(os.environ.get("TPU_WORKER_HOSTNAMES") or glob.glob("/dev/accel[0-9]*")
-              or glob.glob("/dev/vfio/[0-9]*"))
+  return bool(
+    os.environ.get("TPU_WORKER_HOSTNAMES")
+    or glob.glob("/dev/accel[0-9]*")
+    or glob.glob("/dev/vfio/[0-9]*")
+  )
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logs.quiet_library_logs()
   initialize_distributed()
-  logging.info("process %d of %d, %d local devices of %d", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info(
+    "process %d of %d, %d local devices of %d",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   logging.info("config:\n%s", FLAGS.config)
-  try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (config_lib.ConfigError, image_io.ImageError, FloatingPointError) as e:
-    sys.exit(f"error: {e}")  # a bad input, not a bug: the message says what to fix
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,6 +1,10 @@
-"""PSNR and SSIM as published super-resolution tables compute them.
+"""PSNR and SSIM as published super-resolution tables compute them, and scoring a model.
 
-Pure numpy/scipy so that scoring runs anywhere (no accelerator, no JAX).
+`evaluate_pair` scores one SR image. `score` is the one loop that scores a model next to
+bicubic upscaling on a set of images: training validation, the demo and the `evaluate`
+tool call it with an `inference.Upscaler`, so large images are tiled (bounded memory)
+exactly as in inference. `comparison_strip` draws the side-by-side picture. numpy, scipy
+and Pillow only: scoring runs anywhere (no accelerator, no JAX).
 
 Conventions, taken from the MATLAB scripts behind the EDSR/RCAN tables:
 
@@ -32,12 +36,17 @@ Conventions, taken from the MATLAB scripts behind the EDSR/RCAN tables:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from edsr_jax.image_io import SRImages
+from edsr_jax.imresize import imresize
+
 CONVENTIONS = ("benchmark", "div2k")
+SCORE_KEYS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
 
 # MATLAB rgb2ycbcr luma row, for R, G, B on the 0..255 scale (result / 255 + 16).
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966], dtype=np.float64)
@@ -85,12 +94,21 @@ def rgb_to_y(image: np.ndarray) -> np.ndarray:
   return 16.0 + image.astype(np.float64) @ _Y_WEIGHTS / 255.0
 
 
+def round_to_uint8(x):
+  """Clips to [0, 255] and rounds half up, floor(x + 0.5): how SR output becomes 8-bit.
+
+  The one rounding rule of the project, for numpy arrays and (traced) JAX arrays alike:
+  inference applies it on the device. After clipping it equals MATLAB's `uint8()` (half
+  away from zero); numpy's `np.round` (half to even) does not.
+  """
+  return ((x.clip(0.0, 255.0) + 0.5) // 1).astype(np.uint8)  # `// 1`: floor, numpy or JAX
+
+
 def quantize(image: np.ndarray) -> np.ndarray:
   """Quantises an image to uint8 the way SR outputs are saved before scoring.
 
   uint8 input is returned as is. Float input must be on the 0..255 scale (not 0..1): it
-  is clipped to [0, 255] and rounded half up, floor(x + 0.5) (equal to MATLAB's
-  half-away-from-zero rounding once values are non-negative). Other integer types are
+  is clipped to [0, 255] and rounded half up (`round_to_uint8`). Other integer types are
   clipped. Raises ValueError on NaN or infinite values.
   """
   image = np.asarray(image)
@@ -102,7 +120,7 @@ def quantize(image: np.ndarray) -> np.ndarray:
     raise TypeError(f"quantize: unsupported dtype {image.dtype}")
   if not np.all(np.isfinite(image)):
     raise ValueError("quantize: image contains NaN or infinite values")
-  return np.floor(np.clip(image.astype(np.float64), 0.0, 255.0) + 0.5).astype(np.uint8)
+  return round_to_uint8(image.astype(np.float64))
 
 
 def crop_border(image: np.ndarray, border: int) -> np.ndarray:
@@ -238,3 +256,63 @@ def evaluate_pair(
     "psnr": psnr(sr, hr, border=border, y_channel=False),
     "ssim": ssim(sr, hr, border=border),
   }
+
+
+# ---------------------------------------------------------------- a model on a set of images
+
+
+def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
+  """The bicubic row of the tables: MATLAB-compatible bicubic, uint8 as MATLAB's imresize."""
+  return imresize(lr, float(scale))
+
+
+def score(
+  upscaler,
+  images: SRImages,
+  scale: int,
+  convention: str = "benchmark",
+  *,
+  self_ensemble: bool = False,
+  tile_size: int | None = None,
+  each: Callable[..., None] | None = None,
+) -> tuple[dict, list[dict]]:
+  """Scores the model (`upscaler.upscale`) and bicubic on every image at `scale`.
+
+  Returns (means, per_image): means has psnr, ssim, bicubic_psnr, bicubic_ssim; each row
+  of per_image has those and the image's name. `each(row, lr, bicubic, sr, hr)` is
+  called after each image (uint8 arrays), to report progress, save or draw it.
+  """
+  per_image = []
+  for i, name in enumerate(images.names):
+    lr, hr = images.pair(i, scale)
+    sr = upscaler.upscale(lr, scale, self_ensemble=self_ensemble, tile_size=tile_size)
+    bicubic = bicubic_upscale(lr, scale)
+    model_scores = evaluate_pair(sr, hr, scale=scale, convention=convention)
+    bicubic_scores = evaluate_pair(bicubic, hr, scale=scale, convention=convention)
+    row = {"name": name, **model_scores, **{f"bicubic_{k}": v for k, v in bicubic_scores.items()}}
+    per_image.append(row)
+    if each is not None:
+      each(row, lr, bicubic, sr, hr)
+  means = {k: float(np.mean([row[k] for row in per_image])) for k in SCORE_KEYS}
+  return means, per_image
+
+
+def comparison_strip(
+  lr, bicubic, sr, hr, scale: int, crop: int = 192, labels: bool = True
+) -> np.ndarray:
+  """[LR (nearest) | bicubic | model | ground truth] crops of the image centre, uint8."""
+  h, w = hr.shape[:2]
+  c = min(crop, h, w) // scale * scale
+  y, x = (h - c) // 2 // scale * scale, (w - c) // 2 // scale * scale
+  lr_crop = lr[y // scale : (y + c) // scale, x // scale : (x + c) // scale]
+  panels = [np.repeat(np.repeat(lr_crop, scale, 0), scale, 1)]
+  panels += [im[y : y + c, x : x + c] for im in (bicubic, sr, hr)]
+  gap = np.full((c, 4, 3), 255, np.uint8)
+  row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
+  if not labels:
+    return row
+  header = Image.new("RGB", (row.shape[1], 14), "white")
+  draw = ImageDraw.Draw(header)
+  for k, text in enumerate(("LR", "bicubic", "model", "ground truth")):
+    draw.text((k * (c + 4) + 2, 1), text, fill="black")
+  return np.concatenate([np.asarray(header), row], axis=0)

@@ -24,7 +24,10 @@ from jax.sharding import PartitionSpec as P
 # DIV2K RGB mean on the 0..1 scale, from the official code (`rgb_mean`).
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 RGB_RANGE = 255.0
-SUPPORTED_SCALES = (2, 3, 4)
+# Per scale, the pixel-shuffle factors of the upsampler's stages (x4: two x2 stages). The
+# official networks' layout; inference (receptive field) and the weights import read it.
+UPSAMPLE_STAGES = {2: (2,), 3: (3,), 4: (2, 2)}
+SCALES = tuple(UPSAMPLE_STAGES)
 
 
 def _reshape_keep_batch_sharding(x: jnp.ndarray, shape: tuple[int, ...]) -> jnp.ndarray:
@@ -49,14 +52,14 @@ def _conv(features: int, kernel: int, dtype: Any, name: str | None = None) -> nn
   # PyTorch's default init (kaiming_uniform with a=sqrt(5)) is uniform(+-1/sqrt(fan_in)),
   # i.e. variance 1/(3 fan_in); matching it keeps the training recipe's learning rate sane.
   return nn.Conv(
-      features,
-      (kernel, kernel),
-      padding="SAME",
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-      bias_init=nn.initializers.zeros,
-      name=name,
+    features,
+    (kernel, kernel),
+    padding="SAME",
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+    bias_init=nn.initializers.zeros,
+    name=name,
   )
 
 
@@ -87,8 +90,7 @@ class Upsampler(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    stages = {2: (2,), 3: (3,), 4: (2, 2)}[self.scale]
-    for i, r in enumerate(stages):
+    for i, r in enumerate(UPSAMPLE_STAGES[self.scale]):
       x = _conv(self.features * r * r, 3, self.dtype, name=f"conv{i}")(x)
       x = pixel_shuffle(x, r)
     return x
@@ -158,7 +160,7 @@ class MDSR(nn.Module):
   parameters exist.
   """
 
-  scales: Sequence[int] = SUPPORTED_SCALES
+  scales: Sequence[int] = SCALES
   num_blocks: int = 16
   num_features: int = 64
   res_scale: float = 1.0
@@ -204,10 +206,10 @@ def create_model(model_config, dtype: Any = jnp.float32) -> nn.Module:
   """Builds EDSR or MDSR from `config.model` (see configs/)."""
   name = model_config.name
   common = dict(
-      num_blocks=model_config.num_blocks,
-      num_features=model_config.num_features,
-      res_scale=model_config.res_scale,
-      dtype=dtype,
+    num_blocks=model_config.num_blocks,
+    num_features=model_config.num_features,
+    res_scale=model_config.res_scale,
+    dtype=dtype,
   )
   if name == "edsr":
     return EDSR(scale=model_config.scale, **common)

@@ -32,9 +32,11 @@ class Adam:
   eps: float = 1e-8
 
   def init(self, params) -> AdamState:
-    return AdamState(count=jax.tree.map(lambda _: jnp.zeros((), jnp.int32), params),
-                     mu=jax.tree.map(jnp.zeros_like, params),
-                     nu=jax.tree.map(jnp.zeros_like, params))
+    return AdamState(
+      count=jax.tree.map(lambda _: jnp.zeros((), jnp.int32), params),
+      mu=jax.tree.map(jnp.zeros_like, params),
+      nu=jax.tree.map(jnp.zeros_like, params),
+    )
 
   def update(self, grads, state: AdamState, params, step, active=None):
     """Returns (new params, new state). `active`: a pytree of Python bools, or None (all)."""
@@ -49,13 +51,14 @@ class Adam:
       mu = self.b1 * mu + (1 - self.b1) * g
       nu = self.b2 * nu + (1 - self.b2) * jnp.square(g)
       t = count.astype(jnp.float32)
-      mu_hat = mu / (1 - self.b1 ** t)
-      nu_hat = nu / (1 - self.b2 ** t)
+      mu_hat = mu / (1 - self.b1**t)
+      nu_hat = nu / (1 - self.b2**t)
       return p - lr * mu_hat / (jnp.sqrt(nu_hat) + self.eps), count, mu, nu
 
     out = jax.tree.map(leaf, active, grads, params, state.count, state.mu, state.nu)
     treedef = jax.tree.structure(params)
     new_params, count, mu, nu = (
-        jax.tree.unflatten(treedef, leaves) for leaves in zip(
-            *jax.tree.leaves(out, is_leaf=lambda x: isinstance(x, tuple)), strict=True))
+      jax.tree.unflatten(treedef, leaves)
+      for leaves in zip(*jax.tree.leaves(out, is_leaf=lambda x: isinstance(x, tuple)), strict=True)
+    )
     return new_params, AdamState(count=count, mu=mu, nu=nu)

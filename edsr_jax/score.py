@@ -5,16 +5,18 @@ Usage:
       [--sr_pattern='{name}_x{scale}_SR.png'] [--convention=benchmark|div2k] \
       [--output_json=scores.json]
 
-Every HR image `<name>.<ext>` in --hr_dir (png, bmp, jpg/jpeg, tif/tiff; sorted by file
-name) is paired with `--sr_dir / --sr_pattern.format(name=name, scale=scale)`. The
-default pattern, `{name}_x{scale}_SR.png`, is the file naming of the EDSR authors' code;
-for RCAN's released results use `{name}_RCAN_x{scale}.png`. Scoring follows
-`edsr_jax.metrics.evaluate_pair` (HR cropped top-left to the SR size, then the chosen
-convention's channel and border).
+Every HR image `<name>.<ext>` in --hr_dir (the extensions of
+`edsr_jax.image_io.IMAGE_EXTENSIONS`; sorted by file name) is paired with
+`--sr_dir / --sr_pattern.format(name=name, scale=scale)`. The default pattern,
+`{name}_x{scale}_SR.png`, is the file naming of the EDSR authors' code (and of
+`upscale` and `evaluate`); for RCAN's released results use `{name}_RCAN_x{scale}.png`.
+Scoring follows `edsr_jax.metrics.evaluate_pair` (HR cropped top-left to the SR size,
+then the chosen convention's channel and border).
 
-Images are read with PIL: mode L is greyscale, RGB as is, RGBA and LA lose their alpha
-channel (dropped, not composited), P (palette) is converted to RGB, 1-bit to L. 16-bit
-and float images are refused: the scores are defined on 8-bit images.
+Images are read by `edsr_jax.image_io.read_rgb`'s rules, as everywhere in the project:
+greyscale copied to R, G, B (scored as R = G = B, as the official code does), palette
+and CMYK converted, alpha dropped (not composited). 16-bit and float images are refused:
+the scores are defined on 8-bit images.
 
 Prints a per-image table and the mean; --output_json writes
 {"psnr": mean, "ssim": mean, "scale", "convention", "num_images", "per_image":
@@ -29,16 +31,11 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-import sys
 
 import numpy as np
 from absl import app, flags
-from PIL import Image
 
-from edsr_jax import metrics
-
-HR_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
-DEFAULT_SR_PATTERN = "{name}_x{scale}_SR.png"
+from edsr_jax import cli, errors, image_io, metrics
 
 FLAGS = flags.FLAGS
 
@@ -53,7 +50,7 @@ def _define_flags() -> None:
   )
   flags.DEFINE_string(
     "sr_pattern",
-    DEFAULT_SR_PATTERN,
+    image_io.SR_PATTERN,
     "SR file name for HR image <name>.<ext>; str.format fields {name} and {scale}.",
   )
   flags.DEFINE_enum(
@@ -65,62 +62,30 @@ def _define_flags() -> None:
   flags.DEFINE_string("output_json", None, "Optional path of a JSON summary.")
 
 
-class ScoreError(Exception):
-  """An input problem reported to the user as one line, without a traceback."""
-
-
-def _one_line(error: BaseException) -> str:
-  return " ".join(str(error).split()) or type(error).__name__
-
-
-def load_image(path: pathlib.Path) -> np.ndarray:
-  """Reads an 8-bit image as uint8 HxW (greyscale) or HxWx3 (RGB)."""
-  try:
-    with Image.open(path) as im:
-      # Pillow silently narrows 16-bit RGB PNGs to 8 bits, so look at the raw mode too.
-      raw_modes = " ".join(str(tile.args) for tile in getattr(im, "tile", []) or [])
-      if im.mode.startswith("I") or im.mode == "F" or ";16" in raw_modes:
-        raise ScoreError(
-          f"{path}: {im.mode} image with more than 8 bits per sample is not supported "
-          "(PSNR/SSIM here are defined on 8-bit images)"
-        )
-      im.load()
-      if im.mode in ("RGBA", "P", "RGBX"):
-        im = im.convert("RGB")  # RGBA: alpha dropped, not composited.
-      elif im.mode in ("LA", "1"):
-        im = im.convert("L")
-      if im.mode not in ("L", "RGB"):
-        raise ScoreError(f"{path}: unsupported image mode {im.mode} (use L, RGB, RGBA or P)")
-      return np.asarray(im, dtype=np.uint8)
-  except ScoreError:
-    raise
-  except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...).
-    raise ScoreError(f"cannot read image {path}: {_one_line(e)}") from e
-
-
 def find_pairs(
   hr_dir: pathlib.Path, sr_dir: pathlib.Path, sr_pattern: str, scale: int
 ) -> list[tuple[str, pathlib.Path, pathlib.Path]]:
   """Returns (name, hr_path, sr_path) for every HR image, sorted by HR file name."""
   for label, folder in (("hr_dir", hr_dir), ("sr_dir", sr_dir)):
     if not folder.is_dir():
-      raise ScoreError(f"--{label} {folder} is not an existing directory")
-  hr_paths = sorted(
-    p for p in hr_dir.iterdir() if p.is_file() and p.suffix.lower() in HR_EXTENSIONS
-  )
-  if not hr_paths:
-    raise ScoreError(f"no images ({', '.join(HR_EXTENSIONS)}) in --hr_dir {hr_dir}")
+      raise errors.UserError(f"--{label} {folder} is not an existing directory")
+  try:
+    hr_paths = image_io.list_images(hr_dir)
+  except errors.ImageError:
+    raise errors.UserError(
+      f"--hr_dir {hr_dir} holds no images ({', '.join(image_io.IMAGE_EXTENSIONS)})"
+    ) from None
   pairs = []
   for hr_path in hr_paths:
     try:
       sr_name = sr_pattern.format(name=hr_path.stem, scale=scale)
     except (KeyError, IndexError, ValueError) as e:
-      raise ScoreError(f"bad --sr_pattern {sr_pattern!r}: {_one_line(e)}") from e
+      raise errors.UserError(f"bad --sr_pattern {sr_pattern!r}: {errors.one_line(e)}") from e
     pairs.append((hr_path.stem, hr_path, sr_dir / sr_name))
   # Report every missing SR file at once rather than failing after partial scoring.
   missing = [f"{sr} (for {hr.name})" for _, hr, sr in pairs if not sr.is_file()]
   if missing:
-    raise ScoreError(f"missing SR file(s): {', '.join(missing)}")
+    raise errors.UserError(f"missing SR file(s): {', '.join(missing)}")
   return pairs
 
 
@@ -130,11 +95,13 @@ def score_dirs(
   """Scores every pair and returns the JSON summary (means and per-image rows)."""
   rows = []
   for name, hr_path, sr_path in find_pairs(hr_dir, sr_dir, sr_pattern, scale):
-    sr, hr = load_image(sr_path), load_image(hr_path)
+    sr, hr = image_io.read_rgb(sr_path), image_io.read_rgb(hr_path)
     try:
       result = metrics.evaluate_pair(sr, hr, scale=scale, convention=convention)
     except ValueError as e:
-      raise ScoreError(f"cannot score {sr_path} against {hr_path}: {_one_line(e)}") from e
+      raise errors.ImageError(
+        f"cannot score {sr_path} against {hr_path}: {errors.one_line(e)}"
+      ) from e
     rows.append({"name": name, "psnr": result["psnr"], "ssim": result["ssim"]})
   return {
     "psnr": float(np.mean([r["psnr"] for r in rows])),
@@ -158,30 +125,27 @@ def format_table(summary: dict) -> str:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  try:
-    summary = score_dirs(
-      pathlib.Path(FLAGS.hr_dir),
-      pathlib.Path(FLAGS.sr_dir),
-      scale=FLAGS.scale,
-      sr_pattern=FLAGS.sr_pattern,
-      convention=FLAGS.convention,
-    )
-    print(
-      f"x{summary['scale']} ({summary['convention']} convention), {summary['num_images']} image(s)"
-    )
-    print(format_table(summary))
-    if FLAGS.output_json:
-      out = pathlib.Path(FLAGS.output_json)
-      try:
-        out.write_text(json.dumps(summary, indent=2) + "\n")
-      except OSError as e:
-        raise ScoreError(f"cannot write --output_json {out}: {_one_line(e)}") from e
-  except ScoreError as e:
-    sys.exit(f"score: error: {_one_line(e)}")
+  summary = score_dirs(
+    pathlib.Path(FLAGS.hr_dir),
+    pathlib.Path(FLAGS.sr_dir),
+    scale=FLAGS.scale,
+    sr_pattern=FLAGS.sr_pattern,
+    convention=FLAGS.convention,
+  )
+  print(
+    f"x{summary['scale']} ({summary['convention']} convention), {summary['num_images']} image(s)"
+  )
+  print(format_table(summary))
+  if FLAGS.output_json:
+    out = pathlib.Path(FLAGS.output_json)
+    try:
+      out.write_text(json.dumps(summary, indent=2) + "\n")
+    except OSError as e:
+      raise errors.UserError(f"cannot write --output_json {out}: {errors.one_line(e)}") from e
   if math.isinf(summary["psnr"]):
     print("note: some SR images equal their HR image exactly (infinite PSNR)")
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -18,12 +18,11 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from edsr_jax import checkpoint, config_lib, data, evaluation, models, optim
+from edsr_jax import checkpoint, config_lib, data, errors, inference, metrics, models, optim
 
 DATA_AXIS = "data"
 
@@ -46,13 +45,17 @@ def new_train_state(params, tx) -> TrainState:
 def learning_rate_schedule(config) -> optax.Schedule:
   """The paper's step decay: multiplied by lr_decay_factor every lr_decay_steps."""
   return optax.exponential_decay(
-      config.learning_rate, transition_steps=config.lr_decay_steps,
-      decay_rate=config.lr_decay_factor, staircase=True)
+    config.learning_rate,
+    transition_steps=config.lr_decay_steps,
+    decay_rate=config.lr_decay_factor,
+    staircase=True,
+  )
 
 
 def make_optimizer(config) -> optim.Adam:
-  return optim.Adam(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2,
-                    eps=config.adam_eps)
+  return optim.Adam(
+    learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps
+  )
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -68,46 +71,6 @@ def create_train_state(config, model, tx, mesh, rng) -> TrainState:
     return new_train_state(model.init(rng, dummy, scale)["params"], tx)
 
   return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(rng)
-
-
-def transfer_params(source, target, where: str):
-  """`target` with every parameter but the upsamplers copied from `source`.
-
-  The paper initialises x3/x4 EDSR from the trained x2 network this way. A parameter
-  that is missing from `source` or has another shape there is an error: the two networks
-  differ in more than their upsampler.
-  """
-  flat_source = dict(jax.tree_util.tree_leaves_with_path(source))
-  missing, mismatched = [], []
-
-  def pick(path, value):
-    name = jax.tree_util.keystr(path)
-    if str(path[0].key).startswith("upsample"):
-      return value
-    if path not in flat_source:
-      missing.append(name)
-      return value
-    if flat_source[path].shape != value.shape:
-      mismatched.append(f"{name}: {flat_source[path].shape} there, {value.shape} here")
-      return value
-    return jnp.asarray(flat_source[path], value.dtype)
-
-  out = jax.tree_util.tree_map_with_path(pick, target)
-  if missing or mismatched:
-    raise config_lib.ConfigError(
-        f"config.init_from={where!r} is a different network: "
-        + "; ".join([f"missing {m}" for m in missing[:5]] + mismatched[:5]))
-  return out
-
-
-def init_from_checkpoint(state: TrainState, path: str, tx, mesh) -> TrainState:
-  """Starts from another run's parameters (all but the upsampler), with fresh Adam state."""
-  from edsr_jax import inference  # the loader that rebuilds a model from its checkpoint
-
-  source = inference.load(path).params
-  params = transfer_params(jax.device_get(source), jax.device_get(state.params), path)
-  params = jax.device_put(params, NamedSharding(mesh, P()))
-  return state.replace(params=params, opt_state=tx.init(params))
 
 
 def train_step(state: TrainState, batch, *, model, tx, scale: int):
@@ -126,40 +89,55 @@ def train_step(state: TrainState, batch, *, model, tx, scale: int):
     return jnp.mean(jnp.abs(sr - hr))
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  params, opt_state = tx.update(grads, state.opt_state, state.params, state.step,
-                                models.active_params(state.params, scale))
+  params, opt_state = tx.update(
+    grads, state.opt_state, state.params, state.step, models.active_params(state.params, scale)
+  )
   finite = jnp.isfinite(loss) & jnp.all(
-      jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+  )
   keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
   new_state = state.replace(
-      step=state.step + 1, params=keep(params, state.params),
-      opt_state=keep(opt_state, state.opt_state),
-      nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
+    step=state.step + 1,
+    params=keep(params, state.params),
+    opt_state=keep(opt_state, state.opt_state),
+    nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
+  )
   return new_state, {"loss": loss, "finite": finite}
 
 
 def make_train_step(model, tx, mesh):
   replicated = NamedSharding(mesh, P())
   return jax.jit(
-      functools.partial(train_step, model=model, tx=tx),
-      static_argnames="scale", donate_argnums=0,
-      out_shardings=(replicated, replicated))
+    functools.partial(train_step, model=model, tx=tx),
+    static_argnames="scale",
+    donate_argnums=0,
+    out_shardings=(replicated, replicated),
+  )
 
 
-def _write_validation(writer, step, predict, params, val_images, scales, config):
+def _write_validation(writer, step, upscaler, val_images, scales, config):
   scalars, images = {}, {}
   for s in scales:
-    means, _, outputs = evaluation.evaluate(
-        predict, params, val_images, s, config.data.val_convention)
+    strips = []
+
+    def keep_strip(row, lr, bicubic, sr, hr, s=s, strips=strips):
+      if len(strips) < config.num_image_summaries:
+        strips.append((row["name"], metrics.comparison_strip(lr, bicubic, sr, hr, s, labels=False)))
+
+    means, _ = metrics.score(upscaler, val_images, s, config.data.val_convention, each=keep_strip)
     suffix = "" if len(scales) == 1 else f"_x{s}"
     scalars.update({f"val/{k}{suffix}": v for k, v in means.items()})
-    n = config.num_image_summaries
-    for name, out in zip(val_images.names[:n], outputs[:n], strict=True):
-      strip = evaluation.comparison_strip(*out, scale=s, labels=False)
+    for name, strip in strips:
       images[f"val/{name}{suffix}/lr_bicubic_sr_hr"] = strip[None]
-    logging.info("step %d validation x%d: PSNR %.3f dB SSIM %.4f (bicubic %.3f dB / %.4f)",
-                 step, s, means["psnr"], means["ssim"], means["bicubic_psnr"],
-                 means["bicubic_ssim"])
+    logging.info(
+      "step %d validation x%d: PSNR %.3f dB SSIM %.4f (bicubic %.3f dB / %.4f)",
+      step,
+      s,
+      means["psnr"],
+      means["ssim"],
+      means["bicubic_psnr"],
+      means["bicubic_ssim"],
+    )
   writer.write_scalars(step, scalars)
   if images:
     writer.write_images(step, images)
@@ -168,11 +146,12 @@ def _write_validation(writer, step, predict, params, val_images, scales, config)
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (resuming from the latest checkpoint in `workdir`) and validates periodically."""
-  # CLU's writers import TensorFlow (seconds); tools that only need TrainState skip it.
+  # Deferred: CLU's writers import TensorFlow (seconds); tools that only need TrainState
+  # skip it.
   from clu import metric_writers, periodic_actions
 
   config_lib.validate(config, jax.device_count())
-  workdir = epath.Path(workdir)
+  workdir = checkpoint.absolute(workdir)  # relative to the current directory; gs:// as is
   workdir.mkdir(parents=True, exist_ok=True)
   is_chief = jax.process_index() == 0
   scales = models.model_scales(config.model)
@@ -180,12 +159,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # Data first: a bad folder or a patch larger than an image fails before compiling.
   train_images = data.load_train_images(config, scales)
   sampler = data.PatchSampler(
-      train_images, scales=scales, patch_size=config.patch_size,
-      global_batch=config.batch_size, seed=config.seed, augment=config.augment,
-      process_index=jax.process_index(), process_count=jax.process_count())
+    train_images,
+    scales=scales,
+    patch_size=config.patch_size,
+    global_batch=config.batch_size,
+    seed=config.seed,
+    augment=config.augment,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   val_images = data.load_val_images(config, scales)
-  logging.info("training images: %d; validation images: %d", len(train_images),
-               0 if val_images is None else len(val_images))
+  logging.info(
+    "training images: %d; validation images: %d",
+    len(train_images),
+    0 if val_images is None else len(val_images),
+  )
 
   mesh = make_mesh()
   model = models.create_model(config.model, jnp.dtype(config.model.dtype))
@@ -197,23 +185,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   manager = checkpoint.make_manager(workdir, config.max_checkpoints_to_keep)
   if manager.latest_step() is not None:
-    latest = checkpoint.checkpoint_dir(workdir) / str(manager.latest_step())
-    try:
-      saved_config = checkpoint.restore_config(manager)
-      checkpoint.check_same_model(saved_config, config, str(workdir))
-      state = checkpoint.restore_state(manager, state)
-    except config_lib.ConfigError:
-      raise
-    except Exception as e:  # orbax / tensorstore errors: name the checkpoint, keep it
-      first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise config_lib.ConfigError(
-          f"{latest}: cannot resume from this checkpoint, it is corrupt or incomplete "
-          f"({first_line[:300]}); move it out of {checkpoint.checkpoint_dir(workdir)} to "
-          "resume from the one before") from e
-    logging.info("resumed from %s at step %d", checkpoint.checkpoint_dir(workdir),
-                 int(state.step))
+    state = checkpoint.resume(manager, state, config)
+    logging.info("resumed from %s at step %d", manager.directory, int(state.step))
   elif config.init_from:
-    state = init_from_checkpoint(state, config.init_from, tx, mesh)
+    state = checkpoint.init_from(state, config.init_from, tx, mesh)
     logging.info("initialised all but the upsampler from %s", config.init_from)
   start_step = int(state.step)
   if is_chief:
@@ -221,21 +196,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if start_step == 0:
-    writer.write_hparams({k: v for k, v in config_lib.flatten(config).items()
-                          if isinstance(v, int | float | str | bool)})
+    writer.write_hparams(
+      {
+        k: v
+        for k, v in config_lib.flatten(config).items()
+        if isinstance(v, int | float | str | bool)
+      }
+    )
   report = periodic_actions.ReportProgress(
-      num_train_steps=config.num_train_steps, writer=writer,
-      every_steps=config.log_every_steps)
+    num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps
+  )
 
   step_fn = make_train_step(model, tx, mesh)
-  predict = evaluation.make_predict_fn(model)
+  # Validation runs the network as inference does (tiled: bounded memory on large images)
+  # with the current parameters, set before each use (the state is donated to each step).
+  upscaler = inference.Upscaler(config, params=None)
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
   preemption = PreemptionWatch()
   try:
     pending = []  # per-step metrics (device arrays) since the last log
     batches = data.prefetch_batches(
-        sampler, range(start_step, config.num_train_steps), scales, batch_sharding,
-        config.prefetch_batches)
+      sampler,
+      range(start_step, config.num_train_steps),
+      scales,
+      batch_sharding,
+      config.prefetch_batches,
+    )
     for step, scale, batch in batches:
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, step_metrics = step_fn(state, batch, scale=scale)
@@ -248,35 +234,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         pending = []
         _log_train_metrics(writer, done, fetched, float(schedule(step)))
         if streak >= config.max_nonfinite_steps:
-          manager.wait_until_finished()
-          raise FloatingPointError(
-              f"the loss or gradients were not finite for {int(streak)} steps in a row "
-              f"(up to step {done}); those steps were skipped and nothing non-finite was "
-              f"saved. Latest checkpoint: step {manager.latest_step()}. Lower "
-              f"config.learning_rate or check the data.")
+          raise errors.DivergedError(
+            f"the loss or gradients were not finite for {int(streak)} steps in a row "
+            f"(up to step {done}); those steps were skipped and nothing non-finite was "
+            f"saved. Latest checkpoint: step {manager.latest_step()}. Lower "
+            f"config.learning_rate or check the data."
+          )
       report(done)
       if val_images is not None and (done % config.eval_every_steps == 0 or is_last):
         with report.timed("eval"):
-          _write_validation(writer, done, predict, state.params, val_images, scales, config)
+          upscaler.params = state.params
+          _write_validation(writer, done, upscaler, val_images, scales, config)
       if done % config.checkpoint_every_steps == 0 or is_last:
         checkpoint.save(manager, done, state, config)
       elif preemption.reached(done):
         checkpoint.save(manager, done, state, config)
-        logging.warning("preempted: saved a checkpoint at step %d; run the same command "
-                        "again to resume", done)
+        logging.warning(
+          "preempted: saved a checkpoint at step %d; run the same command again to resume", done
+        )
         break
   finally:
     preemption.close()  # give SIGTERM back to whoever had it (e.g. a notebook)
-  manager.wait_until_finished()
-  writer.flush()
+    writer.flush()
   return state
 
 
 def _log_train_metrics(writer, step: int, metrics: list[dict], learning_rate: float):
   finite = np.array([m["finite"] for m in metrics])
   losses = np.array([m["loss"] for m in metrics])[finite]
-  scalars = {"train/learning_rate": learning_rate,
-             "train/nonfinite_steps": int((~finite).sum())}
+  scalars = {"train/learning_rate": learning_rate, "train/nonfinite_steps": int((~finite).sum())}
   if losses.size:
     scalars["train/loss"] = float(losses.mean())
   writer.write_scalars(step, scalars)
@@ -309,4 +295,3 @@ class PreemptionWatch:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
-

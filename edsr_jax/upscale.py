@@ -25,32 +25,28 @@ still upscaled and written, then every bad input is reported on its own line
 from __future__ import annotations
 
 import pathlib
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
-from edsr_jax import image_io, inference, logs
+from edsr_jax import cli, errors, image_io, inference
 
 FLAGS = flags.FLAGS
-OUTPUT_PATTERN = "{name}_x{scale}_SR.png"
 
 
 def _define_flags() -> None:
   # Defined only when run as a program, so importing this module defines no flags.
-  flags.DEFINE_string("checkpoint", None, "Training workdir or checkpoint step directory.",
-                      required=True)
+  flags.DEFINE_string(
+    "checkpoint", None, "Training workdir or checkpoint step directory.", required=True
+  )
   flags.DEFINE_string("output_dir", None, "Folder for the upscaled PNGs.", required=True)
   flags.DEFINE_integer("scale", None, "Upscaling factor; optional for a one-scale model.")
-  flags.DEFINE_bool("self_ensemble", False,
-                    "Average the 8 flips/transposes of each input (slower, ~+0.1 dB).")
-  flags.DEFINE_integer("tile_size", None,
-                       "Tile side in LR pixels; default automatic, 0 = whole image.",
-                       lower_bound=0)
-
-
-class UsageProblem(Exception):
-  """A problem found before any image is processed; reported as one line."""
+  flags.DEFINE_bool(
+    "self_ensemble", False, "Average the 8 flips/transposes of each input (slower, ~+0.1 dB)."
+  )
+  flags.DEFINE_integer(
+    "tile_size", None, "Tile side in LR pixels; default automatic, 0 = whole image.", lower_bound=0
+  )
 
 
 def collect_inputs(args: list[str]) -> tuple[list[pathlib.Path], list[str]]:
@@ -61,7 +57,7 @@ def collect_inputs(args: list[str]) -> tuple[list[pathlib.Path], list[str]]:
     if path.is_dir():
       try:
         files += image_io.list_images(path)
-      except image_io.ImageError as e:
+      except errors.ImageError as e:
         problems.append(str(e))
     elif path.exists():
       files.append(path)
@@ -71,31 +67,27 @@ def collect_inputs(args: list[str]) -> tuple[list[pathlib.Path], list[str]]:
 
 
 def output_path(output_dir: pathlib.Path, source: pathlib.Path, scale: int) -> pathlib.Path:
-  return output_dir / OUTPUT_PATTERN.format(name=source.stem, scale=scale)
+  return output_dir / image_io.SR_PATTERN.format(name=source.stem, scale=scale)
 
 
-def _log(message: str) -> None:
-  print(message, file=sys.stderr, flush=True)
-
-
-def run(args: list[str]) -> int:
-  logs.quiet_library_logs()
+def main(argv: list[str]) -> int:
+  args = argv[1:]
   if not args:
-    raise UsageProblem("no inputs: name image files or folders after the flags")
+    raise errors.UserError("no inputs: name image files or folders after the flags")
   files, problems = collect_inputs(args)
   if not files:
     for problem in problems:
-      _log(f"upscale: error: {' '.join(problem.split())}")
+      cli.log_error(problem)
     return 1
   output_dir = pathlib.Path(FLAGS.output_dir)
   if output_dir.exists() and not output_dir.is_dir():
-    raise UsageProblem(f"--output_dir {output_dir} exists and is not a folder")
+    raise errors.UserError(f"--output_dir {output_dir} exists and is not a folder")
 
+  upscaler = inference.load(FLAGS.checkpoint)
   try:
-    upscaler = inference.load(FLAGS.checkpoint)
     scale = upscaler.resolve_scale(FLAGS.scale)
-  except ValueError as e:
-    raise UsageProblem(str(e)) from None
+  except ValueError as e:  # the library's check of its argument, here a flag
+    raise errors.UserError(str(e)) from None
 
   # Two inputs of the same name (a.png and a.jpg, or one name in two folders) would
   # overwrite each other's result: refuse before doing any work.
@@ -103,40 +95,35 @@ def run(args: list[str]) -> int:
   for f in files:
     target = output_path(output_dir, f, scale)
     if target in targets:
-      raise UsageProblem(f"{targets[target]} and {f} would both be written to {target}; "
-                         "rename one or run them separately")
+      raise errors.UserError(
+        f"{targets[target]} and {f} would both be written to {target}; "
+        "rename one or run them separately"
+      )
     targets[target] = f
 
-  _log(f"upscale: {upscaler}; x{scale}; {len(files)} image(s) -> {output_dir}")
+  cli.log(f"upscale: {upscaler}; x{scale}; {len(files)} image(s) -> {output_dir}")
   written = 0
   for i, (target, source) in enumerate(targets.items(), start=1):
     start = time.perf_counter()
     try:
       lr = image_io.read_rgb(source)
-    except image_io.ImageError as e:
+    except errors.ImageError as e:
       problems.append(str(e))
-      _log(f"[{i}/{len(files)}] {source}: skipped (unreadable)")
+      cli.log(f"[{i}/{len(files)}] {source}: skipped (unreadable)")
       continue
-    sr = upscaler.upscale(lr, scale, self_ensemble=FLAGS.self_ensemble,
-                          tile_size=FLAGS.tile_size)
+    sr = upscaler.upscale(lr, scale, self_ensemble=FLAGS.self_ensemble, tile_size=FLAGS.tile_size)
     image_io.write_image(target, sr)
     written += 1
-    _log(f"[{i}/{len(files)}] {source} ({lr.shape[1]}x{lr.shape[0]}) -> {target} "
-         f"({sr.shape[1]}x{sr.shape[0]}, {time.perf_counter() - start:.1f} s)")
+    cli.log(
+      f"[{i}/{len(files)}] {source} ({lr.shape[1]}x{lr.shape[0]}) -> {target} "
+      f"({sr.shape[1]}x{sr.shape[0]}, {time.perf_counter() - start:.1f} s)"
+    )
   print(f"wrote {written} image(s) to {output_dir}")
   for problem in problems:
-    _log(f"upscale: error: {' '.join(problem.split())}")
+    cli.log_error(problem)
   return 1 if problems else 0
-
-
-def main(argv: list[str]) -> None:
-  try:
-    status = run(argv[1:])
-  except UsageProblem as e:
-    sys.exit(f"upscale: error: {' '.join(str(e).split())}")
-  sys.exit(status)
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  cli.run(main)

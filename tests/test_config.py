@@ -6,15 +6,24 @@ import sys
 
 import pytest
 
-from edsr_jax import config_lib, data
+from edsr_jax import config_lib, data, errors
 
 ROOT = pathlib.Path(__file__).parent.parent
 PRESETS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
 
 
 def test_all_presets_exist():
-  assert set(PRESETS) >= {"edsr_baseline_x2", "edsr_baseline_x3", "edsr_baseline_x4", "edsr_x2",
-                          "edsr_x3", "edsr_x4", "mdsr_baseline", "mdsr", "demo"}
+  assert set(PRESETS) >= {
+    "edsr_baseline_x2",
+    "edsr_baseline_x3",
+    "edsr_baseline_x4",
+    "edsr_x2",
+    "edsr_x3",
+    "edsr_x4",
+    "mdsr_baseline",
+    "mdsr",
+    "demo",
+  }
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -38,7 +47,9 @@ def _demo():
   return config_lib.load_config_file(ROOT / "configs" / "demo.py")
 
 
-@pytest.mark.parametrize("key,value,match", [
+@pytest.mark.parametrize(
+  "key,value,match",
+  [
     ("model.scale", 5, r"config.model.scale=5 is invalid: allowed one of \(2, 3, 4\)"),
     ("learning_rate", -1e-4, r"config.learning_rate=-0.0001 is invalid: allowed a finite"),
     ("model.name", "srcnn", r"config.model.name='srcnn' is invalid: allowed one of"),
@@ -46,12 +57,13 @@ def _demo():
     ("num_train_steps", 0, r"config.num_train_steps=0 is invalid: allowed a positive"),
     ("model.res_scale", 2.0, r"config.model.res_scale=2.0 is invalid"),
     ("model.dtype", "int8", r"config.model.dtype='int8' is invalid: allowed one of"),
-])
+  ],
+)
 def test_invalid_value_is_refused_naming_key(key, value, match):
   config = _demo()
   section, _, leaf = key.rpartition(".")
   (config[section] if section else config)[leaf] = value
-  with pytest.raises(config_lib.ConfigError, match=match):
+  with pytest.raises(errors.ConfigError, match=match):
     config_lib.validate(config)
 
 
@@ -59,7 +71,7 @@ def test_mdsr_scales_checked():
   config = _demo()
   config.model.name = "mdsr"
   config.model.scales = (2, 5)
-  with pytest.raises(config_lib.ConfigError, match="config.model.scales"):
+  with pytest.raises(errors.ConfigError, match="config.model.scales"):
     config_lib.validate(config)
 
 
@@ -67,7 +79,7 @@ def test_unknown_key_refused():
   config = _demo()
   config.model.unlock()
   config.model.num_resblocks = 3
-  with pytest.raises(config_lib.ConfigError, match=r"unknown config key\(s\) \['model.num_resb"):
+  with pytest.raises(errors.ConfigError, match=r"unknown config key\(s\) \['model.num_resb"):
     config_lib.validate(config)
 
 
@@ -75,23 +87,35 @@ def test_batch_must_divide_over_devices():
   config = _demo()
   config.batch_size = 12
   config_lib.validate(config, num_devices=4)
-  with pytest.raises(config_lib.ConfigError, match="batch_size=12 does not divide over 8"):
+  with pytest.raises(errors.ConfigError, match="batch_size=12 does not divide over 8"):
     config_lib.validate(config, num_devices=8)
 
 
 def test_patch_larger_than_smallest_image_refused():
   images = data.load_demo(["chelsea", "astronaut"], [2])  # chelsea x2 is 225x150 LR
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"config.patch_size=200 is larger than the smallest training "
-                     r"image at x2: chelsea is 225x150 LR pixels; allowed at most 150"):
+  with pytest.raises(
+    errors.ConfigError,
+    match=r"config.patch_size=200 is larger than the smallest training "
+    r"image at x2: chelsea is 225x150 LR pixels; allowed at most 150",
+  ):
     data.PatchSampler(images, scales=[2], patch_size=200, global_batch=4, seed=0)
 
 
 def _run_main(tmp_path, *overrides):
   return subprocess.run(
-      [sys.executable, "-m", "edsr_jax.main", "--config=configs/demo.py",
-       f"--workdir={tmp_path / 'run'}", *overrides],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "edsr_jax.main",
+      "--config=configs/demo.py",
+      f"--workdir={tmp_path / 'run'}",
+      *overrides,
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_cli_refuses_bad_value_before_compiling(tmp_path):

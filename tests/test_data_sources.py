@@ -8,8 +8,7 @@ import pytest
 from PIL import Image
 
 from edsr_jax import config_lib, data, train
-from edsr_jax.config_lib import ConfigError
-from edsr_jax.image_io import ImageError
+from edsr_jax.errors import ConfigError, ImageError
 from edsr_jax.imresize import imresize, modcrop
 
 RNG = np.random.default_rng(0)
@@ -54,18 +53,19 @@ def _check(images: data.SRImages, expected: dict, scales):
 
 def test_div2k_unpacked_layout_pairs_lr_files_with_hr(tmp_path):
   sizes = [(60, 48), (49, 73), (66, 66)]
-  train_set = _write_layout(tmp_path / "DIV2K_train_HR", tmp_path / "DIV2K_train_LR_bicubic",
-                            sizes, (2, 3))
-  valid_set = _write_layout(tmp_path / "DIV2K_valid_HR", tmp_path / "DIV2K_valid_LR_bicubic",
-                            sizes[:2], (2, 3))
+  train_set = _write_layout(
+    tmp_path / "DIV2K_train_HR", tmp_path / "DIV2K_train_LR_bicubic", sizes, (2, 3)
+  )
+  valid_set = _write_layout(
+    tmp_path / "DIV2K_valid_HR", tmp_path / "DIV2K_valid_LR_bicubic", sizes[:2], (2, 3)
+  )
   _check(data.load_folder(tmp_path, (2, 3), "train"), train_set, (2, 3))
   _check(data.load_folder(tmp_path, (3,), "valid"), valid_set, (3,))
   assert len(data.load_folder(tmp_path, (2,), "valid", max_images=1)) == 1
 
 
 def test_benchmark_layout_pairs_lr_files_with_hr(tmp_path):
-  expected = _write_layout(tmp_path / "HR", tmp_path / "LR_bicubic", [(40, 52), (57, 31)],
-                           (2, 4))
+  expected = _write_layout(tmp_path / "HR", tmp_path / "LR_bicubic", [(40, 52), (57, 31)], (2, 4))
   _check(data.load_folder(tmp_path, (2, 4)), expected, (2, 4))
 
 
@@ -99,7 +99,8 @@ def test_hr_only_set5_reproduces_the_official_lr_files(shared_data, tmp_path):
   for k, name in enumerate(images.names):
     for s in (2, 3, 4):
       np.testing.assert_array_equal(
-          images.lr[s][k], _read(root / "LR_bicubic" / f"X{s}" / f"{name}x{s}.png"))
+        images.lr[s][k], _read(root / "LR_bicubic" / f"X{s}" / f"{name}x{s}.png")
+      )
 
 
 def test_image_modes_follow_image_io_rules(tmp_path):
@@ -131,14 +132,18 @@ def test_16_bit_image_is_refused_naming_the_file(tmp_path):
 def test_lr_hr_size_mismatch_is_refused_naming_the_file(tmp_path):
   _write_layout(tmp_path / "HR", tmp_path / "LR_bicubic", [(40, 52), (30, 30)], (2,))
   _save(tmp_path / "LR_bicubic" / "X2" / "0002x2.png", _rgb(15, 14))
-  with pytest.raises(ImageError, match=r"X2/0002x2\.png: LR size 14x15 does not match its HR "
-                     r"image 0002\.png \(30x30\) at x2: expected 15x15"):
+  with pytest.raises(
+    ImageError,
+    match=r"X2/0002x2\.png: LR size 14x15 does not match its HR "
+    r"image 0002\.png \(30x30\) at x2: expected 15x15",
+  ):
     data.load_folder(tmp_path, (2,))
 
 
 def test_missing_lr_file_is_refused_naming_it(tmp_path):
-  _write_layout(tmp_path / "DIV2K_train_HR", tmp_path / "DIV2K_train_LR_bicubic",
-                [(40, 52), (30, 30)], (2,))
+  _write_layout(
+    tmp_path / "DIV2K_train_HR", tmp_path / "DIV2K_train_LR_bicubic", [(40, 52), (30, 30)], (2,)
+  )
   (tmp_path / "DIV2K_train_LR_bicubic" / "X2" / "0001x2.png").unlink()
   with pytest.raises(ImageError, match=r"X2/0001x2\.png: missing LR image for 0001\.png at x2"):
     data.load_folder(tmp_path, (2,))
@@ -186,11 +191,15 @@ def test_memory_mapped_cache_gives_the_same_images_and_batches(tmp_path):
   assert len(list(cache.glob("*.npy"))) == 2 * 3 and not list(cache.glob("*tmp*"))
   for images in (first, again):
     assert all(isinstance(x, np.memmap) for x in images.hr + images.lr[2] + images.lr[3])
-    for a, b in zip(images.hr + images.lr[2] + images.lr[3],
-                    in_memory.hr + in_memory.lr[2] + in_memory.lr[3], strict=True):
+    for a, b in zip(
+      images.hr + images.lr[2] + images.lr[3],
+      in_memory.hr + in_memory.lr[2] + in_memory.lr[3],
+      strict=True,
+    ):
       np.testing.assert_array_equal(a, b)
   batch = lambda images: data.PatchSampler(  # noqa: E731
-      images, scales=[2], patch_size=16, global_batch=4, seed=3).batch(5, 2)
+    images, scales=[2], patch_size=16, global_batch=4, seed=3
+  ).batch(5, 2)
   for key in ("lr", "hr"):
     np.testing.assert_array_equal(batch(again)[key], batch(in_memory)[key])
   # An edited image is decoded again, not served stale from the cache.

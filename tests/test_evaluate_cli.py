@@ -38,27 +38,40 @@ def benchmark_dir(shared_data, tmp_path_factory):
   root = tmp_path_factory.mktemp("benchmark")
   (root / "Set5").symlink_to(shared_data / "benchmark" / "Set5")
   div2k = root / "DIV2K"
-  for name, image in (("0801", skimage.data.chelsea()[40:160, 60:204]),
-                      ("0802", skimage.data.coffee()[100:196, 200:332])):
+  for name, image in (
+    ("0801", skimage.data.chelsea()[40:160, 60:204]),
+    ("0802", skimage.data.coffee()[100:196, 200:332]),
+  ):
     image_io.write_image(div2k / "DIV2K_valid_HR" / f"{name}.png", image)
     for s in SCALES:
-      image_io.write_image(div2k / "DIV2K_valid_LR_bicubic" / f"X{s}" / f"{name}x{s}.png",
-                           data.bicubic_lr(image, s))
+      image_io.write_image(
+        div2k / "DIV2K_valid_LR_bicubic" / f"X{s}" / f"{name}x{s}.png", data.bicubic_lr(image, s)
+      )
   return root
 
 
 def run_evaluate(*args):
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-  return subprocess.run([sys.executable, "-m", "edsr_jax.evaluate", *map(str, args)],
-                        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", "edsr_jax.evaluate", *map(str, args)],
+    cwd=REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 @pytest.fixture(scope="module")
 def evaluated(mdsr_run, benchmark_dir, tmp_path_factory):
   out = tmp_path_factory.mktemp("evaluate")
-  proc = run_evaluate(f"--checkpoint={mdsr_run}", f"--benchmark_dir={benchmark_dir}",
-                      "--datasets=Set5,DIV2K", f"--output_json={out / 'scores.json'}",
-                      f"--save_images={out / 'images'}")
+  proc = run_evaluate(
+    f"--checkpoint={mdsr_run}",
+    f"--benchmark_dir={benchmark_dir}",
+    "--datasets=Set5,DIV2K",
+    f"--output_json={out / 'scores.json'}",
+    f"--save_images={out / 'images'}",
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc, json.loads((out / "scores.json").read_text()), out / "images"
 
@@ -86,38 +99,59 @@ def test_table_is_laid_out_like_the_paper(evaluated):
   lines = proc.stdout.strip().splitlines()
   header = lines[0].split("|")
   assert [h.strip() for h in header[1:]] == [
-      f"{name} x{s}" for name in ("Set5", "DIV2K") for s in SCALES]
-  rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")[1:]]
-          for line in lines[2:]}
+    f"{name} x{s}" for name in ("Set5", "DIV2K") for s in SCALES
+  ]
+  rows = {
+    line.split("|")[0].strip(): [c.strip() for c in line.split("|")[1:]] for line in lines[2:]
+  }
   assert rows["Bicubic"][0] == "{bicubic_psnr:.2f}/{bicubic_ssim:.4f}".format(
-      **results["Set5"]["x2"])
+    **results["Set5"]["x2"]
+  )
   model_row = next(v for k, v in rows.items() if k.startswith("MDSR"))
   assert model_row[5] == "{psnr:.2f}/{ssim:.4f}".format(**results["DIV2K"]["x4"])
 
 
-@pytest.mark.parametrize("name,convention,hr_dir", [
+@pytest.mark.parametrize(
+  "name,convention,hr_dir",
+  [
     ("Set5", "benchmark", pathlib.Path("Set5/HR")),
     ("DIV2K", "div2k", pathlib.Path("DIV2K/DIV2K_valid_HR")),
-])
-def test_scores_agree_with_score_cli_on_saved_images(evaluated, benchmark_dir, name,
-                                                     convention, hr_dir):
+  ],
+)
+def test_scores_agree_with_score_cli_on_saved_images(
+  evaluated, benchmark_dir, name, convention, hr_dir
+):
   _, results, images = evaluated
   for s in SCALES:
-    summary = score.score_dirs(benchmark_dir / hr_dir, images / name / f"x{s}", scale=s,
-                               sr_pattern=score.DEFAULT_SR_PATTERN, convention=convention)
+    summary = score.score_dirs(
+      benchmark_dir / hr_dir,
+      images / name / f"x{s}",
+      scale=s,
+      sr_pattern=image_io.SR_PATTERN,
+      convention=convention,
+    )
     assert summary["num_images"] == (5 if name == "Set5" else 2)
     np.testing.assert_allclose(
-        [results[name][f"x{s}"]["psnr"], results[name][f"x{s}"]["ssim"]],
-        [summary["psnr"], summary["ssim"]], rtol=0, atol=1e-9)
+      [results[name][f"x{s}"]["psnr"], results[name][f"x{s}"]["ssim"]],
+      [summary["psnr"], summary["ssim"]],
+      rtol=0,
+      atol=1e-9,
+    )
   if name == "DIV2K":  # scored as DIV2K (RGB, border s + 6), not as a benchmark set
-    other = score.score_dirs(benchmark_dir / hr_dir, images / name / "x2", scale=2,
-                             sr_pattern=score.DEFAULT_SR_PATTERN, convention="benchmark")
+    other = score.score_dirs(
+      benchmark_dir / hr_dir,
+      images / name / "x2",
+      scale=2,
+      sr_pattern=image_io.SR_PATTERN,
+      convention="benchmark",
+    )
     assert abs(other["psnr"] - results[name]["x2"]["psnr"]) > 1e-3
 
 
 def test_missing_dataset_is_named_with_those_present(benchmark_dir, tmp_path):
-  proc = run_evaluate(f"--checkpoint={tmp_path}", f"--benchmark_dir={benchmark_dir}",
-                      "--datasets=Set5,Urban100")
+  proc = run_evaluate(
+    f"--checkpoint={tmp_path}", f"--benchmark_dir={benchmark_dir}", "--datasets=Set5,Urban100"
+  )
   assert proc.returncode == 1
   assert "Traceback" not in proc.stderr
   message = proc.stderr.strip().splitlines()[-1]

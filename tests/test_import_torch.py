@@ -1,4 +1,4 @@
-"""Tests for `edsr_jax.torch_weights` and `python -m edsr_jax.import_torch`.
+"""Tests for `edsr_jax.torch_pickle`, `edsr_jax.torch_weights` and `import_torch`.
 
 PyTorch is a test-only dependency: files are written with `torch.save` from the reference
 networks in `torch_reference.py`, imported by the CLI run as a real subprocess, restored
@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 
 import torch_reference as ref  # noqa: E402
 
-from edsr_jax import checkpoint, import_torch, models, train  # noqa: E402
+from edsr_jax import checkpoint, errors, import_torch, models, torch_pickle, train  # noqa: E402
 from edsr_jax import torch_weights as tw  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -52,10 +52,16 @@ class CliRuns:
   def __init__(self, logdir: pathlib.Path):
     self._logdir, self._running = logdir, {}
 
-  def start(self, name, *args):
+  def start(self, name, *args, cwd=REPO_ROOT):
     out, err = (open(self._logdir / f"{name}.{k}", "w+") for k in ("out", "err"))
-    proc = subprocess.Popen([sys.executable, "-c", RUN_CLI_WITHOUT_TORCH, *map(str, args)],
-                            cwd=REPO_ROOT, stdout=out, stderr=err, text=True)
+    proc = subprocess.Popen(
+      [sys.executable, "-c", RUN_CLI_WITHOUT_TORCH, *map(str, args)],
+      cwd=cwd,
+      env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+      stdout=out,
+      stderr=err,
+      text=True,
+    )
     self._running[name] = (proc, out, err, args)
 
   def result(self, name) -> subprocess.CompletedProcess:
@@ -87,8 +93,9 @@ def restore(workdir):
   config = checkpoint.restore_config(manager)
   model = models.create_model(config.model)
   tx = train.make_optimizer(config)
-  abstract = jax.eval_shape(lambda: train.create_train_state(
-      config, model, tx, train.make_mesh(), jax.random.key(7)))
+  abstract = jax.eval_shape(
+    lambda: train.create_train_state(config, model, tx, train.make_mesh(), jax.random.key(7))
+  )
   state = checkpoint.restore_state(manager, abstract)
   manager.close()
   return config, model, state
@@ -117,7 +124,10 @@ def tiny_edsr(scale=2, num_blocks=2, num_features=16, seed=0, **kw):
 # --------------------------------------------------------------------------------------
 # The reference itself.
 
-@pytest.mark.parametrize("name, build, expected", [
+
+@pytest.mark.parametrize(
+  "name, build, expected",
+  [
     ("EDSR baseline x2", lambda: ref.EDSR(2, 16, 64), 1_369_859),
     ("EDSR baseline x3", lambda: ref.EDSR(3, 16, 64), 1_554_499),
     ("EDSR baseline x4", lambda: ref.EDSR(4, 16, 64), 1_517_571),
@@ -126,7 +136,8 @@ def tiny_edsr(scale=2, num_blocks=2, num_features=16, seed=0, **kw):
     ("EDSR x4", lambda: ref.EDSR(4, 32, 256, 0.1), 43_089_923),
     ("MDSR baseline", lambda: ref.MDSR((2, 3, 4), 16, 64), 3_227_203),
     ("MDSR", lambda: ref.MDSR((2, 3, 4), 80, 64), 7_953_987),
-])
+  ],
+)
 def test_reference_matches_published_parameter_counts(name, build, expected):
   with torch.device("meta"):  # shapes only
     model = build()
@@ -135,12 +146,25 @@ def test_reference_matches_published_parameter_counts(name, build, expected):
 
 def test_reference_state_dict_uses_official_keys():
   keys = set(ref.EDSR(4, 2, 8).state_dict())
-  assert {"sub_mean.weight", "add_mean.bias", "head.0.weight", "body.0.body.0.weight",
-          "body.1.body.2.bias", "body.2.weight", "tail.0.0.weight", "tail.0.2.weight",
-          "tail.1.weight"} <= keys
+  assert {
+    "sub_mean.weight",
+    "add_mean.bias",
+    "head.0.weight",
+    "body.0.body.0.weight",
+    "body.1.body.2.bias",
+    "body.2.weight",
+    "tail.0.0.weight",
+    "tail.0.2.weight",
+    "tail.1.weight",
+  } <= keys
   mkeys = set(ref.MDSR((2, 3, 4), 1, 8).state_dict())
-  assert {"pre_process.2.1.body.2.weight", "upsample.0.0.weight", "upsample.2.2.weight",
-          "body.1.weight", "tail.0.bias"} <= mkeys
+  assert {
+    "pre_process.2.1.body.2.weight",
+    "upsample.0.0.weight",
+    "upsample.2.2.weight",
+    "body.1.weight",
+    "tail.0.bias",
+  } <= mkeys
   assert "upsample.1.2.weight" not in mkeys  # x3 is a single stage
 
 
@@ -148,22 +172,44 @@ def test_reference_state_dict_uses_official_keys():
 # The CLI end to end: PyTorch output == Flax output of the imported checkpoint.
 
 CASES = {
-    # A true preset size; zip layout (torch >= 1.6).
-    "edsr_baseline_x2": dict(make=lambda: ref.randomize_(ref.EDSR(2, 16, 64), 1).eval(),
-                             legacy=False, flags=[], scales=(2,), res_scale=1.0,
-                             count=1_369_859),
-    # Legacy layout; a size with no official res_scale, given on the command line.
-    "edsr_x3_res_scale": dict(
-        make=lambda: tiny_edsr(3, 2, 16, seed=2, res_scale=0.5), legacy=True,
-        flags=["--res_scale=0.5"], scales=(3,), res_scale=0.5, count=None),
-    # Two x2 stages; every override given and agreeing with the file.
-    "edsr_x4_flags": dict(
-        make=lambda: tiny_edsr(4, 2, 64, seed=3), legacy=False,
-        flags=["--model=edsr", "--scale=4", "--num_blocks=2", "--num_features=64"],
-        scales=(4,), res_scale=1.0, count=None),
-    # MDSR, legacy layout, every branch.
-    "mdsr": dict(make=lambda: ref.randomize_(ref.MDSR((2, 3, 4), 2, 64), 4).eval(),
-                 legacy=True, flags=[], scales=(2, 3, 4), res_scale=1.0, count=None),
+  # A true preset size; zip layout (torch >= 1.6); run from the folder of the file, with
+  # --input and --output relative to it.
+  "edsr_baseline_x2": dict(
+    relative=True,
+    make=lambda: ref.randomize_(ref.EDSR(2, 16, 64), 1).eval(),
+    legacy=False,
+    flags=[],
+    scales=(2,),
+    res_scale=1.0,
+    count=1_369_859,
+  ),
+  # Legacy layout; a size with no official res_scale, given on the command line.
+  "edsr_x3_res_scale": dict(
+    make=lambda: tiny_edsr(3, 2, 16, seed=2, res_scale=0.5),
+    legacy=True,
+    flags=["--res_scale=0.5"],
+    scales=(3,),
+    res_scale=0.5,
+    count=None,
+  ),
+  # Two x2 stages; every override given and agreeing with the file.
+  "edsr_x4_flags": dict(
+    make=lambda: tiny_edsr(4, 2, 64, seed=3),
+    legacy=False,
+    flags=["--model=edsr", "--scale=4", "--num_blocks=2", "--num_features=64"],
+    scales=(4,),
+    res_scale=1.0,
+    count=None,
+  ),
+  # MDSR, legacy layout, every branch.
+  "mdsr": dict(
+    make=lambda: ref.randomize_(ref.MDSR((2, 3, 4), 2, 64), 4).eval(),
+    legacy=True,
+    flags=[],
+    scales=(2, 3, 4),
+    res_scale=1.0,
+    count=None,
+  ),
 }
 
 
@@ -195,7 +241,10 @@ def cli(tmp_path_factory):
     tmodel = spec["make"]()
     path = save(tmodel, root / f"{case}.pt", spec["legacy"])
     info[case] = dict(tmodel=tmodel, out=root / case)
-    runs.start(case, f"--input={path}", f"--output={root / case}", *spec["flags"])
+    if spec.get("relative"):
+      runs.start(case, f"--input={path.name}", f"--output={case}", *spec["flags"], cwd=root)
+    else:
+      runs.start(case, f"--input={path}", f"--output={root / case}", *spec["flags"])
   # A pickle that would run `touch` when loaded by pickle.load / torch.load(weights_only=0).
   marker = root / "pwned"
   evil = _torch_zip(root / "evil.pt", pickle.dumps(_Evil(os.system, f"touch {marker}"), 2))
@@ -248,24 +297,38 @@ def test_cli_import_matches_pytorch(case, cli):
 # --------------------------------------------------------------------------------------
 # Unsafe files: nothing runs.
 
+
 def test_cli_refuses_pickle_that_runs_code(cli):
   proc, info = cli["evil"]
-  assert_cli_error(proc, "refusing to load", info["path"], f"{os.system.__module__}.system",
-                   "which a weights file does not need")
+  assert_cli_error(
+    proc,
+    "refusing to load",
+    info["path"],
+    f"{os.system.__module__}.system",
+    "which a weights file does not need",
+  )
   assert not info["marker"].exists()
   assert not info["out"].exists()
 
 
 @pytest.mark.parametrize("layout", ["zip", "legacy"])
-@pytest.mark.parametrize("func, name", [
+@pytest.mark.parametrize(
+  "func, name",
+  [
     (os.system, f"{os.system.__module__}.system"),
     (eval, "builtins.eval"),
     (subprocess.call, "subprocess.call"),
-])
+  ],
+)
 def test_refuses_unsafe_globals_anywhere(func, name, layout, tmp_path):
   marker = tmp_path / "pwned"
-  arg = (f"touch {marker}" if func is os.system else
-         f"open({str(marker)!r}, 'w')" if func is eval else ["touch", str(marker)])
+  arg = (
+    f"touch {marker}"
+    if func is os.system
+    else f"open({str(marker)!r}, 'w')"
+    if func is eval
+    else ["touch", str(marker)]
+  )
   # Hidden as a value inside an otherwise ordinary state_dict.
   # Protocol 4 (STACK_GLOBAL) names globals as Python 3 does; torch writes protocol 2.
   payload = pickle.dumps({"head.0.bias": _Evil(func, arg)}, protocol=4)
@@ -274,20 +337,21 @@ def test_refuses_unsafe_globals_anywhere(func, name, layout, tmp_path):
     _torch_zip(path, payload)
   else:  # the legacy layout's first pickle (the magic number) is the payload
     path.write_bytes(payload)
-  with pytest.raises(tw.TorchFileError, match=f"refusing to load .*{name}"):
-    tw.load_state_dict(path)
+  with pytest.raises(torch_pickle.TorchFileError, match=f"refusing to load .*{name}"):
+    torch_pickle.load_state_dict(path)
   assert not marker.exists()
 
 
 def test_refuses_a_pickled_module(tmp_path):
   path = tmp_path / "model.pt"
   torch.save(tiny_edsr(), path)  # the whole nn.Module, not its state_dict
-  with pytest.raises(tw.TorchFileError, match="refusing to load .*EDSR"):
-    tw.load_state_dict(path)
+  with pytest.raises(torch_pickle.TorchFileError, match="refusing to load .*EDSR"):
+    torch_pickle.load_state_dict(path)
 
 
 def _hand_pickle(numel, offset, size, stride):
   """{'w': tensor} in the opcodes torch.save writes, with any storage geometry."""
+
   def text(s):
     raw = s.encode()
     return b"X" + struct.pack("<I", len(raw)) + raw
@@ -295,80 +359,110 @@ def _hand_pickle(numel, offset, size, stride):
   def ints(values):
     return b"(" + b"".join(b"J" + struct.pack("<i", v) for v in values) + b"t"
 
-  storage = (b"(" + text("storage") + b"ctorch\nFloatStorage\n" + text("0") + text("cpu")
-             + b"J" + struct.pack("<i", numel) + b"tQ")
-  tensor = (b"ctorch._utils\n_rebuild_tensor_v2\n(" + storage + b"J" + struct.pack("<i", offset)
-            + ints(size) + ints(stride) + b"\x89tR")
+  storage = (
+    b"("
+    + text("storage")
+    + b"ctorch\nFloatStorage\n"
+    + text("0")
+    + text("cpu")
+    + b"J"
+    + struct.pack("<i", numel)
+    + b"tQ"
+  )
+  tensor = (
+    b"ctorch._utils\n_rebuild_tensor_v2\n("
+    + storage
+    + b"J"
+    + struct.pack("<i", offset)
+    + ints(size)
+    + ints(stride)
+    + b"\x89tR"
+  )
   return b"\x80\x02}" + text("w") + tensor + b"s."
 
 
-@pytest.mark.parametrize("offset, size, stride, ok", [
+@pytest.mark.parametrize(
+  "offset, size, stride, ok",
+  [
     (2, (2, 3), (4, 1), True),  # last element 2 + 4 + 2 = 8 < 12
     (4, (2, 3), (6, 1), False),  # reaches element 4 + 6 + 2 = 12 of 12
     (0, (3,), (1000,), False),
-])
+  ],
+)
 def test_tensor_geometry_is_bounds_checked(offset, size, stride, ok, tmp_path):
   data = np.arange(12, dtype=np.float32)
-  path = _torch_zip(tmp_path / "geom.pt", _hand_pickle(12, offset, size, stride),
-                    {"0": data.tobytes()})
+  path = _torch_zip(
+    tmp_path / "geom.pt", _hand_pickle(12, offset, size, stride), {"0": data.tobytes()}
+  )
   if ok:
-    got = tw.load_state_dict(path)["w"]
+    got = torch_pickle.load_state_dict(path)["w"]
     want = np.lib.stride_tricks.as_strided(data[offset:], size, [4 * s for s in stride])
     np.testing.assert_array_equal(got, want)
   else:
-    with pytest.raises(tw.TorchFileError, match="'w' .* reaches element"):
-      tw.load_state_dict(path)
+    with pytest.raises(torch_pickle.TorchFileError, match="'w' .* reaches element"):
+      torch_pickle.load_state_dict(path)
 
 
 # --------------------------------------------------------------------------------------
 # Broken files.
 
+
 def test_refuses_files_that_are_not_torch_weights(tmp_path):
   good_zip = save(tiny_edsr(), tmp_path / "good.pt")
   good_legacy = save(tiny_edsr(), tmp_path / "good_legacy.pt", legacy=True)
   cases = {
-      "text.pt": (b"hello, I am not a checkpoint\n", "is not a torch weights file"),
-      "empty.pt": (b"", "is not a torch weights file"),
-      "truncated.pt": (good_zip.read_bytes()[:5000], "is not a readable torch file"),
-      "truncated_legacy.pt": (good_legacy.read_bytes()[:-100], "is truncated|holds .* bytes"),
-      "cut_legacy.pt": (good_legacy.read_bytes()[:300], "is not a readable torch file"),
+    "text.pt": (b"hello, I am not a checkpoint\n", "is not a torch weights file"),
+    "empty.pt": (b"", "is not a torch weights file"),
+    "truncated.pt": (good_zip.read_bytes()[:5000], "is not a readable torch file"),
+    "truncated_legacy.pt": (good_legacy.read_bytes()[:-100], "is truncated|holds .* bytes"),
+    "cut_legacy.pt": (good_legacy.read_bytes()[:300], "is not a readable torch file"),
   }
   for name, (raw, message) in cases.items():
     path = tmp_path / name
     path.write_bytes(raw)
-    with pytest.raises(tw.TorchFileError, match=message) as info:
-      tw.load_state_dict(path)
+    with pytest.raises(torch_pickle.TorchFileError, match=message) as info:
+      torch_pickle.load_state_dict(path)
     assert str(path) in str(info.value)
-  with pytest.raises(tw.TorchFileError, match="cannot read .*missing.pt"):
-    tw.load_state_dict(tmp_path / "missing.pt")
+  with pytest.raises(torch_pickle.TorchFileError, match="cannot read .*missing.pt"):
+    torch_pickle.load_state_dict(tmp_path / "missing.pt")
   # A zip that is not a torch archive, and one whose storage entry was cut short.
   with zipfile.ZipFile(tmp_path / "plain.zip", "w") as z:
     z.writestr("readme.txt", "hi")
-  with pytest.raises(tw.TorchFileError, match="not a torch checkpoint"):
-    tw.load_state_dict(tmp_path / "plain.zip")
-  short = _torch_zip(tmp_path / "short.pt", _hand_pickle(12, 0, (12,), (1,)),
-                     {"0": np.zeros(5, np.float32).tobytes()})
-  with pytest.raises(tw.TorchFileError, match="holds 20 bytes.* needs 48"):
-    tw.load_state_dict(short)
+  with pytest.raises(torch_pickle.TorchFileError, match="not a torch checkpoint"):
+    torch_pickle.load_state_dict(tmp_path / "plain.zip")
+  short = _torch_zip(
+    tmp_path / "short.pt",
+    _hand_pickle(12, 0, (12,), (1,)),
+    {"0": np.zeros(5, np.float32).tobytes()},
+  )
+  with pytest.raises(torch_pickle.TorchFileError, match="holds 20 bytes.* needs 48"):
+    torch_pickle.load_state_dict(short)
 
 
 def test_reader_matches_torch_load_for_views_and_dtypes(tmp_path):
   base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
-  state = {"view": base[1:4, 2:7], "transposed": base.t(), "half": torch.randn(3, 4).half(),
-           "bf16": torch.randn(5).bfloat16(), "scalar": torch.tensor(2.5),
-           "double": torch.randn(2, 2, dtype=torch.float64)}
+  state = {
+    "view": base[1:4, 2:7],
+    "transposed": base.t(),
+    "half": torch.randn(3, 4).half(),
+    "bf16": torch.randn(5).bfloat16(),
+    "scalar": torch.tensor(2.5),
+    "double": torch.randn(2, 2, dtype=torch.float64),
+  }
   for legacy in (False, True):
     path = tmp_path / f"mixed_{legacy}.pt"
     torch.save(state, path, _use_new_zipfile_serialization=not legacy)
-    got = tw.load_state_dict(path)
+    got = torch_pickle.load_state_dict(path)
     assert list(got) == list(state)
     for key, value in state.items():
-      np.testing.assert_array_equal(got[key], value.float().numpy()
-                                    if key == "bf16" else value.numpy())
+      np.testing.assert_array_equal(
+        got[key], value.float().numpy() if key == "bf16" else value.numpy()
+      )
 
 
 # --------------------------------------------------------------------------------------
 # Flags that contradict the file, and files that are not the official network.
+
 
 @pytest.fixture(scope="module")
 def edsr_file(tmp_path_factory):
@@ -381,32 +475,62 @@ def mdsr_file(tmp_path_factory):
   return save(model, tmp_path_factory.mktemp("mdsr") / "mdsr.pt")
 
 
-@pytest.mark.parametrize("which, overrides, fragments", [
+@pytest.mark.parametrize(
+  "which, overrides, fragments",
+  [
     ("edsr", dict(model="mdsr"), ["--model=mdsr", "tail.0.0.weight", "(64, 16, 3, 3)"]),
-    ("mdsr", dict(model="edsr"), ["--model=edsr", "pre_process.0.0.body.0.weight",
-                                  "(8, 8, 5, 5)"]),
-    ("edsr", dict(num_blocks=3), ["--num_blocks=3", "2 residual blocks",
-                                  "no body.2.body.0.weight", "body.2.weight of shape "
-                                  "(16, 16, 3, 3)"]),
-    ("edsr", dict(num_blocks=1), ["--num_blocks=1", "body.1.body.0.weight of shape "
-                                  "(16, 16, 3, 3) is a residual block"]),
+    ("mdsr", dict(model="edsr"), ["--model=edsr", "pre_process.0.0.body.0.weight", "(8, 8, 5, 5)"]),
+    (
+      "edsr",
+      dict(num_blocks=3),
+      [
+        "--num_blocks=3",
+        "2 residual blocks",
+        "no body.2.body.0.weight",
+        "body.2.weight of shape (16, 16, 3, 3)",
+      ],
+    ),
+    (
+      "edsr",
+      dict(num_blocks=1),
+      ["--num_blocks=1", "body.1.body.0.weight of shape (16, 16, 3, 3) is a residual block"],
+    ),
     ("edsr", dict(num_features=64), ["--num_features=64", "head.0.weight", "(16, 3, 3, 3)"]),
-    ("edsr", dict(scale=3), ["--scale=3", "tail.0.0.weight has shape (64, 16, 3, 3)",
-                             "x2 upsampler", "(144, 16, 3, 3)"]),
-    ("edsr", dict(scale=4), ["--scale=4", "tail.0.0.weight has shape (64, 16, 3, 3)",
-                             "second x2 stage tail.0.2.weight"]),
-    ("mdsr", dict(scales=(2, 4, 3)), ["--scales=2,4,3", "upsample.1.0.weight (72, 8, 3, 3) "
-                                      "-> x3"]),
+    (
+      "edsr",
+      dict(scale=3),
+      ["--scale=3", "tail.0.0.weight has shape (64, 16, 3, 3)", "x2 upsampler", "(144, 16, 3, 3)"],
+    ),
+    (
+      "edsr",
+      dict(scale=4),
+      ["--scale=4", "tail.0.0.weight has shape (64, 16, 3, 3)", "second x2 stage tail.0.2.weight"],
+    ),
+    ("mdsr", dict(scales=(2, 4, 3)), ["--scales=2,4,3", "upsample.1.0.weight (72, 8, 3, 3) -> x3"]),
     ("mdsr", dict(scale=2), ["--scale is for EDSR"]),
-])
-def test_contradicting_flags_name_the_tensor(which, overrides, fragments, edsr_file,
-                                             mdsr_file, tmp_path):
+  ],
+)
+def test_contradicting_flags_name_the_tensor(
+  which, overrides, fragments, edsr_file, mdsr_file, tmp_path
+):
   path = edsr_file if which == "edsr" else mdsr_file
-  with pytest.raises(tw.WeightsMismatchError) as info:
+  with pytest.raises(errors.WeightsError) as info:
     import_torch.convert(path, tmp_path / "run", res_scale=1.0, **overrides)
   for fragment in fragments:
     assert fragment in str(info.value), (fragment, str(info.value))
   assert not (tmp_path / "run").exists()
+
+
+def test_the_mapping_names_its_arguments_and_the_cli_its_flags(edsr_file, mdsr_file):
+  with pytest.raises(errors.WeightsError) as info:
+    tw.detect_architecture(tw.read_state_dict(edsr_file), num_blocks=3)
+  assert str(info.value).startswith("num_blocks=3, but the file has 2 residual blocks")
+  with pytest.raises(errors.WeightsError) as info:
+    tw.detect_architecture(tw.read_state_dict(mdsr_file), scales=(2, 4, 3))
+  assert str(info.value).startswith("scales=(2, 4, 3), but the file's upsamplers are")
+  assert "--" not in str(info.value)
+  with pytest.raises(errors.WeightsError, match=r"^cannot read .*missing\.pt"):
+    tw.read_state_dict(edsr_file.parent / "missing.pt")  # the reader's error, as a user error
 
 
 def test_missing_and_unexpected_tensors_are_listed(tmp_path):
@@ -414,26 +538,34 @@ def test_missing_and_unexpected_tensors_are_listed(tmp_path):
   del state["body.1.body.2.bias"]
   state["extra.weight"] = torch.zeros(3)
   torch.save(state, tmp_path / "odd.pt")
-  with pytest.raises(tw.WeightsMismatchError,
-                     match=r"missing tensors: body\.1\.body\.2\.bias.*unexpected tensors: "
-                           r"extra\.weight"):
+  with pytest.raises(
+    errors.WeightsError,
+    match=r"missing tensors: body\.1\.body\.2\.bias.*unexpected tensors: "
+    r"extra\.weight",
+  ):
     import_torch.convert(tmp_path / "odd.pt", tmp_path / "run", res_scale=1.0)
   state = tiny_edsr().state_dict()
   state["body.0.body.2.weight"] = torch.zeros(16, 16, 5, 5)
   torch.save(state, tmp_path / "wrong_kernel.pt")
-  with pytest.raises(tw.WeightsMismatchError, match=r"body\.0\.body\.2\.weight has shape "
-                                                    r"\(16, 16, 5, 5\).* needs \(16, 16, 3, 3\)"):
+  with pytest.raises(
+    errors.WeightsError,
+    match=r"body\.0\.body\.2\.weight has shape "
+    r"\(16, 16, 5, 5\).* needs \(16, 16, 3, 3\)",
+  ):
     import_torch.convert(tmp_path / "wrong_kernel.pt", tmp_path / "run", res_scale=1.0)
   assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("kw, key", [
+@pytest.mark.parametrize(
+  "kw, key",
+  [
     (dict(rgb_range=1.0), "sub_mean.bias"),  # weights trained on 0..1 inputs
     (dict(rgb_std=(0.5, 0.5, 0.5)), "sub_mean.weight"),
-])
+  ],
+)
 def test_refuses_a_different_mean_shift(kw, key, tmp_path):
   path = save(tiny_edsr(**kw), tmp_path / "shifted.pt")
-  with pytest.raises(tw.WeightsMismatchError, match=f"{key} is .*standard DIV2K mean shift"):
+  with pytest.raises(errors.WeightsError, match=f"{key} is .*standard DIV2K mean shift"):
     import_torch.convert(path, tmp_path / "run", res_scale=1.0)
   assert not (tmp_path / "run").exists()
 
@@ -447,7 +579,7 @@ def test_res_scale_defaults_from_the_official_size(edsr_file, tmp_path):
   assert checkpoint.restore_config(manager).model.res_scale == 0.1
   manager.close()
   # An unofficial size has no default: refused rather than guessed.
-  with pytest.raises(import_torch.ImportTorchError, match="pass --res_scale"):
+  with pytest.raises(errors.WeightsError, match="pass --res_scale"):
     import_torch.convert(edsr_file, tmp_path / "tiny")
   assert not (tmp_path / "tiny").exists()
 
@@ -456,12 +588,12 @@ def test_refuses_to_overwrite_checkpoints(edsr_file, tmp_path):
   out = tmp_path / "run"
   import_torch.convert(edsr_file, out, res_scale=1.0)
   before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-  with pytest.raises(import_torch.ImportTorchError, match="already holds checkpoint.*--overwrite"):
+  with pytest.raises(errors.CheckpointError, match="already holds checkpoint.*--overwrite"):
     import_torch.convert(edsr_file, out, res_scale=1.0)
   assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
   other = save(tiny_edsr(seed=9), tmp_path / "other.pt")
   import_torch.convert(other, out, res_scale=1.0, overwrite=True)
   _, _, state = restore(out)
-  want = tw.load_state_dict(other)["head.0.bias"]
+  want = torch_pickle.load_state_dict(other)["head.0.bias"]
   np.testing.assert_array_equal(np.asarray(state.params["head"]["bias"]), want)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from edsr_jax import checkpoint, config_lib, inference, models, train
+from edsr_jax import checkpoint, config_lib, errors, inference, models, train
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,8 +47,8 @@ def random_upscaler(name="edsr", scale=2, num_blocks=1, num_features=8, seed=0):
   params = model.init(jax.random.key(seed), jnp.zeros((1, 8, 8, 3)), scale)["params"]
   rng = np.random.default_rng(seed)
   params = jax.tree.map(
-      lambda x: x + 0.1 * rng.standard_normal(x.shape, np.float32) if x.ndim == 1 else x,
-      params)
+    lambda x: x + 0.1 * rng.standard_normal(x.shape, np.float32) if x.ndim == 1 else x, params
+  )
   return inference.Upscaler(config, params)
 
 
@@ -64,6 +64,7 @@ def assert_trees_equal(a, b):
 
 # ------------------------------------------------------------------ loading
 
+
 def test_load_workdir_restores_latest_params(trained):
   workdir, final_params, _ = trained
   upscaler = inference.load(workdir)
@@ -72,8 +73,10 @@ def test_load_workdir_restores_latest_params(trained):
   assert upscaler.scales == (2,)
   assert upscaler.config.model.num_features == 8  # the saved config, not the default 64
   device = jax.devices()[0]
-  assert all(x.sharding == jax.sharding.SingleDeviceSharding(device)
-             for x in jax.tree.leaves(upscaler.params))
+  assert all(
+    x.sharding == jax.sharding.SingleDeviceSharding(device)
+    for x in jax.tree.leaves(upscaler.params)
+  )
 
 
 def test_load_step_dir_and_checkpoints_dir(trained):
@@ -82,8 +85,10 @@ def test_load_step_dir_and_checkpoints_dir(trained):
   assert_trees_equal(inference.load(workdir / "checkpoints").params, final_params)
   earlier = inference.load(workdir / "checkpoints" / "2")
   assert earlier.source.endswith(os.path.join("checkpoints", "2"))
-  diff = [not np.array_equal(x, y) for x, y in zip(
-      jax.tree.leaves(earlier.params), jax.tree.leaves(final_params), strict=True)]
+  diff = [
+    not np.array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(earlier.params), jax.tree.leaves(final_params), strict=True)
+  ]
   assert any(diff)  # two more Adam steps changed the weights
 
 
@@ -105,13 +110,16 @@ def test_load_errors_name_the_path(tmp_path, case):
     path.mkdir()
   elif case == "only_unfinished":
     (path / "checkpoints" / "5.orbax-checkpoint-tmp-1234" / "state").mkdir(parents=True)
-  with pytest.raises(inference.CheckpointError) as info:
+  with pytest.raises(errors.CheckpointError) as info:
     inference.load(path)
   message = str(info.value)
   assert str(path) in message
-  expected = {"missing": "no such file", "file": "not a directory",
-              "empty_dir": "neither a training workdir",
-              "only_unfinished": "no finished checkpoints"}[case]
+  expected = {
+    "missing": "no such file",
+    "file": "not a directory",
+    "empty_dir": "neither a training workdir",
+    "only_unfinished": "no finished checkpoints",
+  }[case]
   assert expected in message
 
 
@@ -130,7 +138,7 @@ def test_truncated_array_files_are_reported(trained, tmp_path):
   assert data_files
   for p in data_files:
     p.write_bytes(p.read_bytes()[:16])
-  with pytest.raises(inference.CheckpointError, match="cannot restore the parameters") as info:
+  with pytest.raises(errors.CheckpointError, match="cannot restore the parameters") as info:
     inference.load(workdir)
   assert str(step_dir / "state") in str(info.value)
   assert "\n" not in str(info.value)
@@ -143,7 +151,7 @@ def test_garbled_metadata_is_reported(trained, tmp_path, item):
   target = step_dir / item
   assert target.is_file()
   target.write_bytes(b'{"tree_metadata": {garbled')
-  with pytest.raises(inference.CheckpointError) as info:
+  with pytest.raises(errors.CheckpointError) as info:
     inference.load(step_dir)
   assert str(step_dir / item.split("/")[0]) in str(info.value)
   assert "corrupt" in str(info.value)
@@ -156,7 +164,7 @@ def test_non_finite_parameters_are_refused(trained, tmp_path):
   manager = checkpoint.make_manager(tmp_path)
   checkpoint.save(manager, 1, state, tiny_config())
   manager.wait_until_finished()
-  with pytest.raises(inference.CheckpointError, match="non-finite parameters"):
+  with pytest.raises(errors.CheckpointError, match="non-finite parameters"):
     inference.load(tmp_path)
 
 
@@ -187,25 +195,38 @@ _EIGHT_DEVICE_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow  # a fresh 8-device process that imports the training stack: ~25 s
 def test_checkpoints_move_between_device_counts(trained, tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT))
-  proc = subprocess.run([sys.executable, "-c", _EIGHT_DEVICE_SCRIPT, str(trained[0]),
-                         str(tmp_path)], cwd=REPO_ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=str(REPO_ROOT),
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", _EIGHT_DEVICE_SCRIPT, str(trained[0]), str(tmp_path)],
+    cwd=REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   lr = np.random.default_rng(0).integers(0, 256, (21, 18, 3), dtype=np.uint8)
   here = inference.load(trained[0]).upscale(lr)
   np.testing.assert_array_equal(np.load(tmp_path / "sr.npy"), here)
   assert jax.device_count() == 1
   from_eight = inference.load(tmp_path / "run8")
-  np.testing.assert_array_equal(np.asarray(from_eight.params["head"]["kernel"]),
-                                np.load(tmp_path / "head.npy"))
+  np.testing.assert_array_equal(
+    np.asarray(from_eight.params["head"]["kernel"]), np.load(tmp_path / "head.npy")
+  )
 
 
 # ------------------------------------------------------------------ receptive field / tiling
 
-@pytest.mark.parametrize("name,num_blocks,scale", [
-    ("edsr", 1, 2), ("edsr", 2, 3), ("edsr", 2, 4), ("mdsr", 1, 3), ("mdsr", 1, 4)])
+
+@pytest.mark.parametrize(
+  "name,num_blocks,scale",
+  [("edsr", 1, 2), ("edsr", 2, 3), ("edsr", 2, 4), ("mdsr", 1, 3), ("mdsr", 1, 4)],
+)
 def test_halo_is_the_measured_receptive_field(name, num_blocks, scale):
   upscaler = random_upscaler(name, scale, num_blocks)
   radius = inference.receptive_field_radius(upscaler.config.model, scale)
@@ -223,7 +244,9 @@ def test_halo_is_the_measured_receptive_field(name, num_blocks, scale):
   assert measured == radius
 
 
-@pytest.mark.parametrize("name,num_blocks,scale,h,w,tile", [
+@pytest.mark.parametrize(
+  "name,num_blocks,scale,h,w,tile",
+  [
     # odd sizes, several tiles along both axes
     ("edsr", 2, 2, 45, 37, 7),
     ("edsr", 2, 3, 31, 50, 10),
@@ -232,7 +255,8 @@ def test_halo_is_the_measured_receptive_field(name, num_blocks, scale):
     ("edsr", 2, 4, 20, 61, 9),
     # an image smaller than one tile
     ("edsr", 2, 3, 13, 11, 64),
-])
+  ],
+)
 def test_tiled_equals_untiled_exactly(monkeypatch, name, num_blocks, scale, h, w, tile):
   upscaler = random_upscaler(name, scale, num_blocks, seed=scale)
   # A small per-call budget: several calls per image, the last one padded.
@@ -285,6 +309,7 @@ def test_automatic_tiling(monkeypatch):
 
 # ------------------------------------------------------------------ self-ensemble
 
+
 def _explicit_ensemble(upscaler, lr, scale):
   """The paper's x8 self-ensemble, one transform at a time, averaged in float32."""
   apply = jax.jit(upscaler.model.apply, static_argnums=2)
@@ -315,11 +340,13 @@ def test_self_ensemble_matches_explicit_loop(scale, shape):
   np.testing.assert_array_equal(upscaler.upscale(lr, scale, self_ensemble=True), quantised)
   # Tiled self-ensemble is the same, and the ensemble is not the plain output.
   np.testing.assert_array_equal(
-      upscaler.upscale(lr, scale, self_ensemble=True, tile_size=5), quantised)
+    upscaler.upscale(lr, scale, self_ensemble=True, tile_size=5), quantised
+  )
   assert not np.array_equal(upscaler.upscale(lr, scale), quantised)
 
 
 # ------------------------------------------------------------------ input checks
+
 
 def test_refuses_float_and_non_rgb_input():
   upscaler = random_upscaler()

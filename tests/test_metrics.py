@@ -301,7 +301,8 @@ def test_greyscale_pairs_score_as_replicated_rgb():
   assert metrics.ssim(rgb(sr), hr, border=2) == metrics.ssim(sr, rgb(hr), border=2)
   for convention in metrics.CONVENTIONS:
     assert metrics.evaluate_pair(sr[..., None], hr, scale=2, convention=convention) == (
-        metrics.evaluate_pair(rgb(sr), rgb(hr), scale=2, convention=convention))
+      metrics.evaluate_pair(rgb(sr), rgb(hr), scale=2, convention=convention)
+    )
 
 
 def test_grey_vs_rgb_compares_with_the_replicated_grey():
@@ -316,10 +317,9 @@ def test_grey_vs_rgb_compares_with_the_replicated_grey():
   assert metrics.psnr(hr_grey, sr_rgb, border=2) == pytest.approx(want, abs=1e-10)
   d = sr_rgb[2:-2, 2:-2].astype(np.float64) - hr_grey[2:-2, 2:-2, None]
   assert metrics.psnr(sr_rgb, hr_grey, border=2, y_channel=False) == pytest.approx(
-    10 * math.log10(PEAK_SQ / np.mean(d**2)), abs=1e-10)
-  assert metrics.ssim(sr_rgb, hr_grey, border=2) == pytest.approx(
-    _slow_ssim(y, y_hr), abs=1e-10
+    10 * math.log10(PEAK_SQ / np.mean(d**2)), abs=1e-10
   )
+  assert metrics.ssim(sr_rgb, hr_grey, border=2) == pytest.approx(_slow_ssim(y, y_hr), abs=1e-10)
 
 
 # --- evaluate_pair ---------------------------------------------------------------------

@@ -13,14 +13,14 @@ CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 
 # Trainable parameters of the official networks (EDSR_FACTS.md, mean shift excluded).
 OFFICIAL_PARAMS = {
-    "edsr_baseline_x2": 1_369_859,
-    "edsr_baseline_x3": 1_554_499,
-    "edsr_baseline_x4": 1_517_571,
-    "edsr_x2": 40_729_603,
-    "edsr_x3": 43_680_003,
-    "edsr_x4": 43_089_923,
-    "mdsr_baseline": 3_227_203,
-    "mdsr": 7_953_987,
+  "edsr_baseline_x2": 1_369_859,
+  "edsr_baseline_x3": 1_554_499,
+  "edsr_baseline_x4": 1_517_571,
+  "edsr_x2": 40_729_603,
+  "edsr_x3": 43_680_003,
+  "edsr_x4": 43_089_923,
+  "mdsr_baseline": 3_227_203,
+  "mdsr": 7_953_987,
 }
 
 
@@ -29,8 +29,7 @@ def load_config(name):
 
 
 def param_shapes(model, scale):
-  variables = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), scale))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), scale))
   return variables["params"]
 
 
@@ -59,8 +58,12 @@ def _reference_edsr(params, x, scale, res_scale):
   """EDSR written out with lax convs and the explicit PyTorch pixel-shuffle index rule."""
 
   def conv(p, y):
-    return jax.lax.conv_general_dilated(
-        y, p["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
+    return (
+      jax.lax.conv_general_dilated(
+        y, p["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
+      + p["bias"]
+    )
 
   def shuffle(y, r):
     b, h, w, crr = y.shape
@@ -68,7 +71,7 @@ def _reference_edsr(params, x, scale, res_scale):
     out = jnp.zeros((b, h * r, w * r, c), y.dtype)
     for i in range(r):
       for j in range(r):
-        out = out.at[:, i::r, j::r, :].set(y[..., i * r + j::r * r])
+        out = out.at[:, i::r, j::r, :].set(y[..., i * r + j :: r * r])
     return out
 
   mean = jnp.array([0.4488, 0.4371, 0.4040]) * 255
@@ -101,17 +104,24 @@ def test_mdsr_runs_only_the_requested_branch():
   model = models.MDSR(num_blocks=1, num_features=8)
   x = jax.random.uniform(jax.random.key(1), (1, 6, 6, 3)) * 255
   params = model.init(jax.random.key(0), x, 2)["params"]
-  assert {"pre_process_x2", "pre_process_x3", "pre_process_x4", "upsample_x2",
-          "upsample_x3", "upsample_x4"} <= set(params)
+  assert {
+    "pre_process_x2",
+    "pre_process_x3",
+    "pre_process_x4",
+    "upsample_x2",
+    "upsample_x3",
+    "upsample_x4",
+  } <= set(params)
   for scale in (2, 3, 4):
     assert model.apply({"params": params}, x, scale).shape == (1, 6 * scale, 6 * scale, 3)
   # Changing the x3 branch must not change the x2 output, and must change the x3 output.
-  bumped = dict(params, pre_process_x3=jax.tree.map(lambda p: p + 1.0,
-                                                    params["pre_process_x3"]))
-  np.testing.assert_array_equal(model.apply({"params": params}, x, 2),
-                                model.apply({"params": bumped}, x, 2))
-  assert not np.allclose(model.apply({"params": params}, x, 3),
-                         model.apply({"params": bumped}, x, 3))
+  bumped = dict(params, pre_process_x3=jax.tree.map(lambda p: p + 1.0, params["pre_process_x3"]))
+  np.testing.assert_array_equal(
+    model.apply({"params": params}, x, 2), model.apply({"params": bumped}, x, 2)
+  )
+  assert not np.allclose(
+    model.apply({"params": params}, x, 3), model.apply({"params": bumped}, x, 3)
+  )
   with pytest.raises(ValueError, match="scale must be one of"):
     model.apply({"params": params}, x, 5)
 

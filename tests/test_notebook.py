@@ -11,7 +11,7 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-from edsr_jax import config_lib, data, evaluation, inference, metrics, train
+from edsr_jax import config_lib, data, inference, metrics, train
 from edsr_jax.imresize import modcrop
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,14 +32,24 @@ def test_notebook_runs_and_reports_psnr(tmp_path, monkeypatch):
   monkeypatch.setenv("EDSR_CHECKPOINT", str(tmp_path / "run"))
   monkeypatch.delenv("PYTHONPATH", raising=False)
   client = nbclient.NotebookClient(
-      notebook, timeout=300, kernel_name="python3",
-      resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    notebook,
+    timeout=300,
+    kernel_name="python3",
+    resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+  )
   client.execute()
 
-  text = "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                 for out in cell.outputs if out.output_type == "stream")
-  printed = {label: (float(p), float(s)) for label, p, s in re.findall(
-      r"(bicubic|model) PSNR ([\d.]+) dB  SSIM ([\d.]+)", text)}
+  text = "".join(
+    out.get("text", "")
+    for cell in notebook.cells
+    if cell.cell_type == "code"
+    for out in cell.outputs
+    if out.output_type == "stream"
+  )
+  printed = {
+    label: (float(p), float(s))
+    for label, p, s in re.findall(r"(bicubic|model) PSNR ([\d.]+) dB  SSIM ([\d.]+)", text)
+  }
   assert set(printed) == {"bicubic", "model"}, text
   assert str(tmp_path / "run" / "checkpoints" / "2") in text
 
@@ -47,16 +57,19 @@ def test_notebook_runs_and_reports_psnr(tmp_path, monkeypatch):
   hr = modcrop(skimage.data.chelsea(), 3)
   lr = data.bicubic_lr(hr, 3)
   expected = {
-      "bicubic": metrics.evaluate_pair(evaluation.bicubic_upscale(lr, 3), hr, scale=3),
-      "model": metrics.evaluate_pair(inference.load(tmp_path / "run").upscale(lr), hr,
-                                     scale=3),
+    "bicubic": metrics.evaluate_pair(metrics.bicubic_upscale(lr, 3), hr, scale=3),
+    "model": metrics.evaluate_pair(inference.load(tmp_path / "run").upscale(lr), hr, scale=3),
   }
   for label, scores in expected.items():
     np.testing.assert_allclose(printed[label], (scores["psnr"], scores["ssim"]), atol=0.006)
 
-  pictures = [out["data"]["image/png"] for cell in notebook.cells
-              if cell.cell_type == "code" for out in cell.outputs
-              if out.output_type == "display_data" and "image/png" in out.get("data", {})]
+  pictures = [
+    out["data"]["image/png"]
+    for cell in notebook.cells
+    if cell.cell_type == "code"
+    for out in cell.outputs
+    if out.output_type == "display_data" and "image/png" in out.get("data", {})
+  ]
   assert len(pictures) == 1
   strip = Image.open(io.BytesIO(base64.b64decode(pictures[0])))
   crop = min(256, *hr.shape[:2]) // 3 * 3

@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from edsr_jax import data
-from edsr_jax.config_lib import ConfigError
+from edsr_jax.errors import ConfigError
 
 SIZES = [(70, 90), (96, 64), (81, 77), (64, 100)]  # HR (h, w); some not multiples of s
 
@@ -20,24 +20,30 @@ def _images(scales, sizes=SIZES, seed=0) -> data.SRImages:
   """Random HR images and LR = HR[::s, ::s] (nearest subsample), LR (H // s, W // s)."""
   rng = np.random.default_rng(seed)
   hrs = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
-  lr = {s: [hr[: hr.shape[0] // s * s: s, : hr.shape[1] // s * s: s] for hr in hrs]
-        for s in scales}
+  lr = {
+    s: [hr[: hr.shape[0] // s * s : s, : hr.shape[1] // s * s : s] for hr in hrs] for s in scales
+  }
   return data.SRImages([f"im{i}" for i in range(len(hrs))], hrs, lr)
 
 
 def _sampler(images, scales=(2,), patch=12, batch=16, seed=3, **kw) -> data.PatchSampler:
-  return data.PatchSampler(images, scales=scales, patch_size=patch, global_batch=batch,
-                           seed=seed, **kw)
+  return data.PatchSampler(
+    images, scales=scales, patch_size=patch, global_batch=batch, seed=seed, **kw
+  )
 
 
 # The 8 symmetries of a square, written independently of data.augment's bit codes.
 SYMMETRIES = [lambda x, k=k: np.rot90(x, k) for k in range(4)] + [
-    lambda x, k=k: np.fliplr(np.rot90(x, k)) for k in range(4)]
+  lambda x, k=k: np.fliplr(np.rot90(x, k)) for k in range(4)
+]
 
 
 def _symmetry(plain: np.ndarray, augmented: np.ndarray) -> int:
-  found = [k for k, op in enumerate(SYMMETRIES)
-           if op(plain).shape == augmented.shape and np.array_equal(op(plain), augmented)]
+  found = [
+    k
+    for k, op in enumerate(SYMMETRIES)
+    if op(plain).shape == augmented.shape and np.array_equal(op(plain), augmented)
+  ]
   assert len(found) == 1, "the augmented patch is not one flip/transpose of the plain one"
   return found[0]
 
@@ -80,8 +86,12 @@ def test_every_position_including_the_edges_is_drawn():
   positions = set()
   for step in range(60):
     for patch in sampler.batch(step, 2)["lr"]:
-      hits = [(y, x) for y in range(5) for x in range(7)
-              if np.array_equal(lr[y:y + 16, x:x + 16], patch)]
+      hits = [
+        (y, x)
+        for y in range(5)
+        for x in range(7)
+        if np.array_equal(lr[y : y + 16, x : x + 16], patch)
+      ]
       assert len(hits) == 1
       positions.add(hits[0])
   assert positions == {(y, x) for y in range(5) for x in range(7)}
@@ -100,8 +110,12 @@ def test_processes_cut_disjoint_rows_of_the_same_global_batch(count):
       np.testing.assert_array_equal(np.concatenate([b[k] for b in local]), full[k])
     # A row repeated across processes only where the global batch repeats it.
     owner = np.repeat(np.arange(count), 16 // count)
-    pairs = {(i, j) for i in range(16) for j in range(16)
-             if owner[i] < owner[j] and np.array_equal(full["hr"][i], full["hr"][j])}
+    pairs = {
+      (i, j)
+      for i in range(16)
+      for j in range(16)
+      if owner[i] < owner[j] and np.array_equal(full["hr"][i], full["hr"][j])
+    }
     across = set()
     for a in range(count):
       for b in range(a + 1, count):
@@ -120,8 +134,11 @@ def test_batch_that_does_not_divide_over_processes_is_refused():
 def test_patch_larger_than_the_smallest_image_is_refused():
   images = _images((2, 4), sizes=[(96, 96), (80, 60)])  # smallest x4 LR side: 15
   _sampler(images, scales=(2, 4), patch=15)
-  with pytest.raises(ConfigError, match=r"config.patch_size=16 is larger than the smallest "
-                     r"training image at x4: im1 is 15x20 LR pixels; allowed at most 15"):
+  with pytest.raises(
+    ConfigError,
+    match=r"config.patch_size=16 is larger than the smallest "
+    r"training image at x4: im1 is 15x20 LR pixels; allowed at most 15",
+  ):
     _sampler(images, scales=(2, 4), patch=16)
 
 
@@ -140,18 +157,22 @@ def test_prefetch_yields_every_step_in_order_with_the_sampler_data():
     want = sampler.batch(step, scale)
     for k in ("lr", "hr"):
       assert isinstance(batch[k], jax.Array) and batch[k].sharding.is_equivalent_to(
-          _sharding(), batch[k].ndim)
+        _sharding(), batch[k].ndim
+      )
       np.testing.assert_array_equal(np.asarray(batch[k]), want[k])
 
 
 def test_a_resumed_run_sees_the_batches_of_an_uninterrupted_one():
   scales = (2, 3)
   sampler = _sampler(_images(scales), scales=scales, patch=8, batch=4)
-  full = {s: (c, b) for s, c, b in data.prefetch_batches(sampler, range(0, 10), scales,
-                                                          _sharding())}
-  resumed = list(data.prefetch_batches(
-      _sampler(_images(scales), scales=scales, patch=8, batch=4), range(6, 10), scales,
-      _sharding()))
+  full = {
+    s: (c, b) for s, c, b in data.prefetch_batches(sampler, range(0, 10), scales, _sharding())
+  }
+  resumed = list(
+    data.prefetch_batches(
+      _sampler(_images(scales), scales=scales, patch=8, batch=4), range(6, 10), scales, _sharding()
+    )
+  )
   assert [s for s, _, _ in resumed] == [6, 7, 8, 9]
   for step, scale, batch in resumed:
     assert scale == full[step][0]

@@ -22,21 +22,28 @@ from edsr_jax import checkpoint, config_lib, inference, train
 
 ROOT = pathlib.Path(__file__).parent.parent
 TINY = [
-    "--config=configs/demo.py",
-    "--config.model.num_blocks=1",
-    "--config.model.num_features=8",
-    "--config.patch_size=16",
-    "--config.batch_size=8",
-    "--config.log_every_steps=1",
-    "--config.eval_every_steps=100000",
-    "--config.data.demo_train_images=('astronaut','rocket')",
-    "--config.data.demo_val_images=('chelsea',)",
+  "--config=configs/demo.py",
+  "--config.model.num_blocks=1",
+  "--config.model.num_features=8",
+  "--config.patch_size=16",
+  "--config.batch_size=8",
+  "--config.log_every_steps=1",
+  "--config.eval_every_steps=100000",
+  "--config.data.demo_train_images=('astronaut','rocket')",
+  "--config.data.demo_val_images=('chelsea',)",
 ]
 
 
 def _cmd(workdir, steps, *extra):
-  return [sys.executable, "-m", "edsr_jax.main", *TINY, f"--workdir={workdir}",
-          f"--config.num_train_steps={steps}", *extra]
+  return [
+    sys.executable,
+    "-m",
+    "edsr_jax.main",
+    *TINY,
+    f"--workdir={workdir}",
+    f"--config.num_train_steps={steps}",
+    *extra,
+  ]
 
 
 def _env(devices=1):
@@ -44,8 +51,9 @@ def _env(devices=1):
 
 
 def _run(cmd, devices=1, timeout=300):
-  result = subprocess.run(cmd, cwd=ROOT, env=_env(devices), capture_output=True, text=True,
-                          timeout=timeout)
+  result = subprocess.run(
+    cmd, cwd=ROOT, env=_env(devices), capture_output=True, text=True, timeout=timeout
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result
 
@@ -67,8 +75,11 @@ def test_eight_devices_match_one(tmp_path):
   assert sorted(eight) == list(range(1, 21))
   for step in one:
     np.testing.assert_allclose(eight[step], one[step], rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               _params(tmp_path / "1"), _params(tmp_path / "8"))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+    _params(tmp_path / "1"),
+    _params(tmp_path / "8"),
+  )
 
 
 def _free_port():
@@ -79,12 +90,24 @@ def _free_port():
 
 def _two_processes(workdir, steps):
   port = _free_port()
-  procs = [subprocess.Popen(
-      _cmd(workdir, steps, "--config.checkpoint_every_steps=5",
-           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-           f"--process_id={i}"),
-      cwd=ROOT, env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      _cmd(
+        workdir,
+        steps,
+        "--config.checkpoint_every_steps=5",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ),
+      cwd=ROOT,
+      env=_env(2),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   try:
     errors = [p.communicate(timeout=300)[1] for p in procs]
   finally:
@@ -108,13 +131,22 @@ def test_two_processes_match_one_process_and_resume(tmp_path):
   for step in single:
     np.testing.assert_allclose(multi[step], single[step], rtol=1e-5)
   assert not list((tmp_path / "multi").glob("*/events.out.tfevents.*"))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               _params(tmp_path / "single"), _params(tmp_path / "multi"))
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+    _params(tmp_path / "single"),
+    _params(tmp_path / "multi"),
+  )
 
 
 def _start(workdir, steps, *extra):
-  return subprocess.Popen(_cmd(workdir, steps, *extra), cwd=ROOT, env=_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    _cmd(workdir, steps, *extra),
+    cwd=ROOT,
+    env=_env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _wait_for_checkpoint(proc, workdir, step):
@@ -187,12 +219,24 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
   """JAX's preemption sync: every process saves at the same step and exits cleanly."""
   port = _free_port()
   workdir = tmp_path / "run"
-  procs = [subprocess.Popen(
-      _cmd(workdir, 100_000, "--config.checkpoint_every_steps=10",
-           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-           f"--process_id={i}"),
-      cwd=ROOT, env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      _cmd(
+        workdir,
+        100_000,
+        "--config.checkpoint_every_steps=10",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ),
+      cwd=ROOT,
+      env=_env(2),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   try:
     _wait_for_checkpoint(procs[0], workdir, 10)
     procs[1].send_signal(signal.SIGTERM)  # only one process is told
@@ -201,6 +245,7 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
     for p in procs:
       p.kill()
   assert [p.returncode for p in procs] == [0, 0], errors[1][-2000:]
-  steps = [int(re.search(r"preempted: saved a checkpoint at step (\d+)", e).group(1))
-           for e in errors]
+  steps = [
+    int(re.search(r"preempted: saved a checkpoint at step (\d+)", e).group(1)) for e in errors
+  ]
   assert steps[0] == steps[1] == max(_finished_steps(workdir))

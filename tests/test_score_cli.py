@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edsr_jax import metrics, score
+from edsr_jax import metrics
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 RCAN_CASES = [(method, scale) for method in ("RCAN", "RCANplus") for scale in (2, 3, 4)]
@@ -188,30 +188,3 @@ def test_cli_size_mismatch_names_both_files(dirs):
   _save(sr_dir / "img_x2_SR.png", np.zeros((32, 30, 3), np.uint8))
   proc = run_score(f"--hr_dir={hr_dir}", f"--sr_dir={sr_dir}", "--scale=2")
   assert_one_line_error(proc, sr_dir / "img_x2_SR.png", hr_dir / "img.png", "larger than")
-
-
-# --- image loading (in process) --------------------------------------------------------
-
-
-def test_load_image_modes(tmp_path):
-  rng = np.random.default_rng(3)
-  rgba = rng.integers(0, 256, (9, 10, 4), dtype=np.uint8)
-  loaded = score.load_image(_save(tmp_path / "rgba.png", rgba))
-  np.testing.assert_array_equal(loaded, rgba[..., :3])  # Alpha dropped, not composited.
-  grey = rng.integers(0, 256, (9, 10), dtype=np.uint8)
-  loaded = score.load_image(_save(tmp_path / "grey.png", grey))
-  assert loaded.shape == (9, 10) and loaded.dtype == np.uint8
-  np.testing.assert_array_equal(loaded, grey)
-  palette = Image.fromarray(rng.integers(0, 256, (9, 10, 3), dtype=np.uint8)).quantize(16)
-  palette.save(tmp_path / "p.png")
-  np.testing.assert_array_equal(
-    score.load_image(tmp_path / "p.png"), np.asarray(palette.convert("RGB"))
-  )
-
-
-def test_load_image_refuses_16_bit(tmp_path):
-  path = tmp_path / "deep.png"
-  Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(path)
-  with pytest.raises(score.ScoreError, match="8-bit") as info:
-    score.load_image(path)
-  assert str(path) in str(info.value)

@@ -12,6 +12,7 @@ and TFRecord writing all run for real.
 
 import io
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -25,7 +26,7 @@ import skimage.data
 from PIL import Image
 
 from edsr_jax import config_lib, data, metrics, tfds_data
-from edsr_jax.config_lib import ConfigError
+from edsr_jax.errors import ConfigError
 from edsr_jax.imresize import imresize
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -37,12 +38,17 @@ GREY_ID = 2  # stored as a greyscale PNG: read as R = G = B, as image_io does
 
 
 def _hr_images() -> dict[int, np.ndarray]:
-  photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(),
-            skimage.data.rocket(), skimage.data.astronaut()[::-1]]
+  photos = [
+    skimage.data.astronaut(),
+    skimage.data.coffee(),
+    skimage.data.chelsea(),
+    skimage.data.rocket(),
+    skimage.data.astronaut()[::-1],
+  ]
   out = {}
   for k, (i, h, w) in enumerate(TRAIN + VALID):
     y, x = 40 + 17 * k, 60 + 23 * k
-    out[i] = np.ascontiguousarray(photos[k][y:y + h, x:x + w])
+    out[i] = np.ascontiguousarray(photos[k][y : y + h, x : x + w])
   out[GREY_ID] = np.repeat(out[GREY_ID][..., 1:2], 3, axis=-1)
   return out
 
@@ -53,8 +59,9 @@ def _png(image: np.ndarray, grey: bool = False) -> bytes:
   return buf.getvalue()
 
 
-def _write_archives(folder: pathlib.Path, hrs: dict[int, np.ndarray], kind: str,
-                    scales, lr_fn=data.bicubic_lr) -> dict:
+def _write_archives(
+  folder: pathlib.Path, hrs: dict[int, np.ndarray], kind: str, scales, lr_fn=data.bicubic_lr
+) -> dict:
   """Official-layout zips of `hrs`; returns {scale: {id: LR written}}."""
   folder.mkdir(parents=True, exist_ok=True)
   lrs = {s: {i: lr_fn(hr, s) for i, hr in hrs.items()} for s in scales}
@@ -125,8 +132,9 @@ def test_train_split_pairs_each_lr_with_its_hr(div2k):
 
 
 def test_mdsr_pairs_configs_of_each_scale_by_hr(div2k):
-  images = tfds_data.load("div2k/bicubic_x{scale}", [2, 3], "train",
-                          data_dir=str(div2k["data_dir"]))
+  images = tfds_data.load(
+    "div2k/bicubic_x{scale}", [2, 3], "train", data_dir=str(div2k["data_dir"])
+  )
   assert len(images) == 3 and set(images.lr) == {2, 3}
   for k, hr in enumerate(images.hr):
     i = _source_id(div2k["hr"], hr)
@@ -137,10 +145,10 @@ def test_mdsr_pairs_configs_of_each_scale_by_hr(div2k):
 
 
 def test_validation_split_is_capped_and_aligned(div2k):
-  full = tfds_data.load("div2k/bicubic_x{scale}", [3, 2], "valid",
-                        data_dir=str(div2k["data_dir"]))
-  one = tfds_data.load("div2k/bicubic_x{scale}", [3, 2], "valid",
-                       data_dir=str(div2k["data_dir"]), max_images=1)
+  full = tfds_data.load("div2k/bicubic_x{scale}", [3, 2], "valid", data_dir=str(div2k["data_dir"]))
+  one = tfds_data.load(
+    "div2k/bicubic_x{scale}", [3, 2], "valid", data_dir=str(div2k["data_dir"]), max_images=1
+  )
   assert len(full) == 2 and len(one) == 1 and one.names == ["validation_0000"]
   np.testing.assert_array_equal(one.hr[0], full.hr[0])
   i = _source_id(div2k["hr"], one.hr[0])
@@ -150,8 +158,11 @@ def test_validation_split_is_capped_and_aligned(div2k):
 
 
 def test_lr_size_that_does_not_match_hr_is_refused(div2k):
-  with pytest.raises(ConfigError, match=r"div2k/unknown_x2 train example \d: LR 35x21 .* "
-                     r"HR 70x45 at x2: expected 35x22"):
+  with pytest.raises(
+    ConfigError,
+    match=r"div2k/unknown_x2 train example \d: LR 35x21 .* "
+    r"HR 70x45 at x2: expected 35x22",
+  ):
     tfds_data.load("div2k/unknown_x2", [2], "train", data_dir=str(div2k["data_dir"]))
 
 
@@ -164,27 +175,35 @@ def test_configs_whose_hr_images_differ_are_refused(div2k, tmp_path):
   data_dir = tmp_path / "tfds"
   shutil.copytree(div2k["data_dir"] / "div2k" / "bicubic_x2", data_dir / "div2k" / "bicubic_x2")
   shutil.copytree(tmp_path / "other" / "div2k" / "bicubic_x3", data_dir / "div2k" / "bicubic_x3")
-  with pytest.raises(ConfigError, match=r"div2k/bicubic_x3 train does not hold the same HR "
-                     r"images as div2k/bicubic_x2: 1 of 3 missing, 1 others"):
+  with pytest.raises(
+    ConfigError,
+    match=r"div2k/bicubic_x3 train does not hold the same HR "
+    r"images as div2k/bicubic_x2: 1 of 3 missing, 1 others",
+  ):
     tfds_data.load("div2k/bicubic_x{scale}", [2, 3], "train", data_dir=str(data_dir))
 
 
-@pytest.mark.parametrize("name, scales, message", [
+@pytest.mark.parametrize(
+  "name, scales, message",
+  [
     ("div2k/bicubic_x8", (2,), "allowed 'div2k/<kind>_x{scale}'"),
     ("div2k/realistic_mild_x4", (4,), "allowed"),
     ("mnist", (2,), "allowed"),
     ("div2k/bicubic_x2", (3,), "LR images at x2 only, but the model trains x3"),
     ("div2k/unknown_x4", (2, 3, 4), "use 'div2k/unknown_x{scale}'"),
-])
+  ],
+)
 def test_bad_config_names_are_refused(name, scales, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
-    tfds_data.dataset_names(name, scales)
+    config_lib.tfds_names(name, scales)
 
 
 def test_dataset_names_expand_scale():
-  assert tfds_data.dataset_names("div2k/unknown_x{scale}", (2, 4)) == {
-      2: "div2k/unknown_x2", 4: "div2k/unknown_x4"}
-  assert tfds_data.dataset_names("div2k/bicubic_x3", (3,)) == {3: "div2k/bicubic_x3"}
+  assert config_lib.tfds_names("div2k/unknown_x{scale}", (2, 4)) == {
+    2: "div2k/unknown_x2",
+    4: "div2k/unknown_x4",
+  }
+  assert config_lib.tfds_names("div2k/bicubic_x3", (3,)) == {3: "div2k/bicubic_x3"}
 
 
 def test_validate_checks_the_name_against_the_model():
@@ -204,8 +223,12 @@ def test_unprepared_data_dir_without_archives_says_how_to_prepare(tmp_path):
   assert "div2k/bicubic_x2 is not prepared in" in message and str(tmp_path) in message
   assert "python -m edsr_jax.tfds_data --name=div2k/bicubic_x2" in message
   assert "5.02 GB" in message  # the registered size of the four archives
-  for f in ("DIV2K_train_HR.zip", "DIV2K_valid_HR.zip", "DIV2K_train_LR_bicubic_X2.zip",
-            "DIV2K_valid_LR_bicubic_X2.zip"):
+  for f in (
+    "DIV2K_train_HR.zip",
+    "DIV2K_valid_HR.zip",
+    "DIV2K_train_LR_bicubic_X2.zip",
+    "DIV2K_valid_LR_bicubic_X2.zip",
+  ):
     assert f in message
 
 
@@ -214,38 +237,70 @@ def test_manual_dir_missing_an_archive_is_refused_before_any_download(div2k, tmp
   manual.mkdir()
   shutil.copy(div2k["root"] / "zips" / "DIV2K_train_HR.zip", manual)
   shutil.copy(div2k["root"] / "zips" / "DIV2K_valid_HR.zip", manual)
-  with pytest.raises(ConfigError, match=r"lacks DIV2K_train_LR_bicubic_X3.zip, "
-                     r"DIV2K_valid_LR_bicubic_X3.zip"):
-    tfds_data.load("div2k/bicubic_x3", [3], data_dir=str(tmp_path / "tfds"),
-                   manual_dir=str(manual))
+  with pytest.raises(
+    ConfigError,
+    match=r"lacks DIV2K_train_LR_bicubic_X3.zip, "
+    r"DIV2K_valid_LR_bicubic_X3.zip",
+  ):
+    tfds_data.load("div2k/bicubic_x3", [3], data_dir=str(tmp_path / "tfds"), manual_dir=str(manual))
 
 
 def test_manual_dir_archives_are_found_by_name_and_checksummed(div2k, tmp_path):
   # TFDS picks the archives up from the manual dir under their official names and
   # refuses these fakes on sha256: real archives go through, offline, the same way.
-  with pytest.raises(ConfigError, match=r"not the official DIV2K file(.|\n)*"
-                     + re.escape(str(div2k["root"] / "zips")) + r"/DIV2K_\w+\.zip"):
-    tfds_data.load("div2k/bicubic_x2", [2], data_dir=str(tmp_path / "tfds"),
-                   manual_dir=str(div2k["root"] / "zips"))
+  with pytest.raises(
+    ConfigError,
+    match=r"not the official DIV2K file(.|\n)*"
+    + re.escape(str(div2k["root"] / "zips"))
+    + r"/DIV2K_\w+\.zip",
+  ):
+    tfds_data.load(
+      "div2k/bicubic_x2",
+      [2],
+      data_dir=str(tmp_path / "tfds"),
+      manual_dir=str(div2k["root"] / "zips"),
+    )
 
 
-def test_cli_prepares_a_config(div2k, tmp_path, capsys):
+def test_cli_prepares_a_config(div2k, tmp_path):
   data_dir = tmp_path / "tfds"
   _seed_download_cache(data_dir, div2k["root"] / "zips", "div2k/bicubic_x3")
-  tfds_data.main(["--name=div2k/bicubic_x3", f"--data_dir={data_dir}"])
-  assert re.search(r"div2k/bicubic_x3: prepared in .*bicubic_x3/2.0.0 \(3 train, 2 validation",
-                   capsys.readouterr().out)
+  result = subprocess.run(  # from another directory, with --data_dir relative to it
+    [sys.executable, "-m", "edsr_jax.tfds_data", "--name=div2k/bicubic_x3", "--data_dir=tfds"],
+    cwd=tmp_path,
+    env=dict(os.environ, PYTHONPATH=str(REPO)),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert re.search(
+    r"div2k/bicubic_x3: prepared in .*bicubic_x3/2.0.0 \(3 train, 2 validation", result.stdout
+  )
   assert (data_dir / "div2k" / "bicubic_x3" / "2.0.0" / "dataset_info.json").is_file()
 
 
 def test_training_runs_on_the_prepared_dataset(div2k, tmp_path):
   workdir = tmp_path / "run"
   result = subprocess.run(
-      [sys.executable, "-m", "edsr_jax.main", "--config=configs/edsr_baseline_x2.py:runlocal",
-       "--config.data.source=tfds", "--config.data.tfds_name=div2k/bicubic_x2",
-       f"--config.data.tfds_data_dir={div2k['data_dir']}", "--config.model.num_blocks=1",
-       "--config.model.num_features=8", "--config.patch_size=16", f"--workdir={workdir}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "edsr_jax.main",
+      "--config=configs/edsr_baseline_x2.py:runlocal",
+      "--config.data.source=tfds",
+      "--config.data.tfds_name=div2k/bicubic_x2",
+      f"--config.data.tfds_data_dir={div2k['data_dir']}",
+      "--config.model.num_blocks=1",
+      "--config.model.num_features=8",
+      "--config.patch_size=16",
+      f"--workdir={workdir}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "training images: 3; validation images: 1" in result.stderr
   losses = [float(x) for x in re.findall(r"train/loss=([-\d.e+]+)", result.stderr)]
@@ -257,20 +312,46 @@ def test_evaluate_reads_div2k_validation_from_tfds(div2k, tmp_path):
   """`evaluate --tfds_data_dir` scores the TFDS validation split (RGB, border scale + 6)."""
   workdir = tmp_path / "run"
   subprocess.run(
-      [sys.executable, "-m", "edsr_jax.main", "--config=configs/edsr_baseline_x2.py:runlocal",
-       "--config.model.num_blocks=1", "--config.model.num_features=8",
-       "--config.num_train_steps=2", f"--workdir={workdir}"],
-      cwd=REPO, check=True, capture_output=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "edsr_jax.main",
+      "--config=configs/edsr_baseline_x2.py:runlocal",
+      "--config.model.num_blocks=1",
+      "--config.model.num_features=8",
+      "--config.num_train_steps=2",
+      f"--workdir={workdir}",
+    ],
+    cwd=REPO,
+    check=True,
+    capture_output=True,
+    timeout=300,
+  )
   out = tmp_path / "div2k.json"
   result = subprocess.run(
-      [sys.executable, "-m", "edsr_jax.evaluate", f"--checkpoint={workdir}", "--datasets=DIV2K",
-       f"--tfds_data_dir={div2k['data_dir']}", f"--output_json={out}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "edsr_jax.evaluate",
+      f"--checkpoint={workdir}",
+      "--datasets=DIV2K",
+      f"--tfds_data_dir={div2k['data_dir']}",
+      f"--output_json={out}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   scores = json.loads(out.read_text())["DIV2K"]["x2"]
   # The bicubic row, recomputed here from the validation images TFDS holds.
   images = tfds_data.load("div2k/bicubic_x2", [2], "valid", data_dir=str(div2k["data_dir"]))
-  want = np.mean([metrics.evaluate_pair(imresize(lr, 2.0), hr, scale=2, convention="div2k")
-                  ["psnr"] for lr, hr in (images.pair(i, 2) for i in range(len(images)))])
+  want = np.mean(
+    [
+      metrics.evaluate_pair(imresize(lr, 2.0), hr, scale=2, convention="div2k")["psnr"]
+      for lr, hr in (images.pair(i, 2) for i in range(len(images)))
+    ]
+  )
   assert scores["bicubic_psnr"] == pytest.approx(want, abs=1e-9)
   assert np.isfinite(scores["psnr"]) and 0 < scores["ssim"] <= 1

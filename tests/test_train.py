@@ -47,8 +47,12 @@ def test_writes_metrics_images_config_and_checkpoint(tmp_path):
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["model"]["num_features"] == 8
   assert (tmp_path / "checkpoints" / "6" / "state").is_dir()
-  assert json.loads((tmp_path / "checkpoints" / "6" / "config" / "metadata").read_text()
-                    )["model"]["num_blocks"] == 1
+  assert (
+    json.loads((tmp_path / "checkpoints" / "6" / "config" / "metadata").read_text())["model"][
+      "num_blocks"
+    ]
+    == 1
+  )
 
 
 def test_train_step_donates_state_and_reduces_loss():
@@ -73,6 +77,8 @@ def test_train_step_donates_state_and_reduces_loss():
 
 def test_train_step_compiles_once(tmp_path):
   for steps in (4, 12):
-    n = count_compiles(lambda steps=steps: train.train_and_evaluate(
-        tiny_config(steps), str(tmp_path / str(steps))), "train_step")
+    n = count_compiles(
+      lambda steps=steps: train.train_and_evaluate(tiny_config(steps), str(tmp_path / str(steps))),
+      "train_step",
+    )
     assert n == 1, f"{steps} steps compiled the train step {n} times"

@@ -13,29 +13,36 @@ import sys
 import time
 
 import numpy as np
+import pytest
 from conftest import read_scalars
 
-from edsr_jax import checkpoint
+from edsr_jax import checkpoint, errors, inference
 
 ROOT = pathlib.Path(__file__).parent.parent
 TINY = [
-    "--config=configs/demo.py",
-    "--config.model.num_blocks=1",
-    "--config.model.num_features=8",
-    "--config.patch_size=16",
-    "--config.batch_size=4",
-    "--config.log_every_steps=1",
-    "--config.checkpoint_every_steps=5",
-    "--config.eval_every_steps=1000",
-    "--config.max_checkpoints_to_keep=2",
-    "--config.data.demo_val_images=('chelsea',)",
+  "--config=configs/demo.py",
+  "--config.model.num_blocks=1",
+  "--config.model.num_features=8",
+  "--config.patch_size=16",
+  "--config.batch_size=4",
+  "--config.log_every_steps=1",
+  "--config.checkpoint_every_steps=5",
+  "--config.eval_every_steps=1000",
+  "--config.max_checkpoints_to_keep=2",
+  "--config.data.demo_val_images=('chelsea',)",
 ]
 STEPS = 30
 
 
 def _cmd(workdir, steps):
-  return [sys.executable, "-m", "edsr_jax.main", *TINY, f"--workdir={workdir}",
-          f"--config.num_train_steps={steps}"]
+  return [
+    sys.executable,
+    "-m",
+    "edsr_jax.main",
+    *TINY,
+    f"--workdir={workdir}",
+    f"--config.num_train_steps={steps}",
+  ]
 
 
 def _env():
@@ -51,17 +58,24 @@ def _finished_steps(workdir):
 
 def test_kill_and_resume_continues_exactly(tmp_path):
   reference = tmp_path / "reference"
-  subprocess.run(_cmd(reference, STEPS), cwd=ROOT, env=_env(), check=True,
-                 capture_output=True, timeout=300)
+  subprocess.run(
+    _cmd(reference, STEPS), cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=300
+  )
   ref_loss = read_scalars(reference, "train/loss")
   assert sorted(ref_loss) == list(range(1, STEPS + 1))
   assert np.mean([ref_loss[s] for s in range(21, 31)]) < np.mean(
-      [ref_loss[s] for s in range(1, 11)])  # it learns
+    [ref_loss[s] for s in range(1, 11)]
+  )  # it learns
 
   # Kill a long run with SIGKILL as soon as it has a finished checkpoint at step >= 10.
   workdir = tmp_path / "run"
-  proc = subprocess.Popen(_cmd(workdir, 100_000), cwd=ROOT, env=_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    _cmd(workdir, 100_000),
+    cwd=ROOT,
+    env=_env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
   deadline = time.time() + 240
   while not any(s >= 10 for s in _finished_steps(workdir)):
     assert proc.poll() is None, "training exited before it could be killed"
@@ -73,8 +87,9 @@ def test_kill_and_resume_continues_exactly(tmp_path):
   assert resume_from < STEPS
   first_events = set(workdir.glob("events.out.tfevents.*"))
 
-  resumed = subprocess.run(_cmd(workdir, STEPS), cwd=ROOT, env=_env(), capture_output=True,
-                           text=True, timeout=300)
+  resumed = subprocess.run(
+    _cmd(workdir, STEPS), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"at step {resume_from}" in resumed.stderr
   (new_events,) = set(workdir.glob("events.out.tfevents.*")) - first_events
@@ -91,10 +106,17 @@ def test_kill_and_resume_continues_exactly(tmp_path):
 
 def test_resume_refuses_different_network(tmp_path):
   workdir = tmp_path / "run"
-  subprocess.run(_cmd(workdir, 5), cwd=ROOT, env=_env(), check=True, capture_output=True,
-                 timeout=300)
-  other = subprocess.run(_cmd(workdir, 10) + ["--config.model.num_features=16"], cwd=ROOT,
-                         env=_env(), capture_output=True, text=True, timeout=300)
+  subprocess.run(
+    _cmd(workdir, 5), cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=300
+  )
+  other = subprocess.run(
+    _cmd(workdir, 10) + ["--config.model.num_features=16"],
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert other.returncode != 0
   assert "holds a checkpoint of a different network" in other.stderr
   assert "model.num_features: checkpoint 8, config 16" in other.stderr
@@ -103,17 +125,88 @@ def test_resume_refuses_different_network(tmp_path):
 
 def test_corrupt_latest_checkpoint_is_a_clear_error_and_is_kept(tmp_path):
   workdir = tmp_path / "run"
-  subprocess.run(_cmd(workdir, 10), cwd=ROOT, env=_env(), check=True, capture_output=True,
-                 timeout=300)
+  subprocess.run(
+    _cmd(workdir, 10), cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=300
+  )
   latest = pathlib.Path(checkpoint.checkpoint_dir(workdir)) / "10"
   data_files = [p for p in (latest / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
   assert data_files
   for p in data_files:
     p.write_bytes(p.read_bytes()[:16])
-  result = subprocess.run(_cmd(workdir, 20), cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(
+    _cmd(workdir, 20), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+  )
   assert result.returncode != 0
   assert f"error: {latest}: cannot resume from this checkpoint" in result.stderr
   # No traceback through our code (orbax may still print its own asyncio noise at exit).
   assert 'edsr_jax/train.py", line' not in result.stderr
   assert _finished_steps(workdir) == [5, 10]  # nothing already written is deleted
+
+
+def _read_only(folder: pathlib.Path):
+  """Makes `folder` refuse new entries (even to root) and returns the undo; else skips."""
+
+  def ok(*cmd):
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+  if os.geteuid() != 0:
+    mode = folder.stat().st_mode
+    folder.chmod(0o555)
+    return lambda: folder.chmod(mode)
+  if ok("chattr", "+i", str(folder)):  # immutable: ext4, xfs, btrfs
+    return lambda: ok("chattr", "-i", str(folder))
+  if ok("mount", "--bind", str(folder), str(folder)):  # a read-only view of itself
+    if ok("mount", "-o", "remount,bind,ro", str(folder)):
+      return lambda: ok("umount", str(folder))
+    ok("umount", str(folder))
+  pytest.skip(f"cannot make {folder} read-only here as root (no chattr +i, no bind mounts)")
+
+
+def test_a_failed_save_stops_the_run_at_its_step_and_keeps_earlier_checkpoints(tmp_path):
+  workdir = tmp_path / "run"
+  subprocess.run(
+    _cmd(workdir, 5), cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=300
+  )
+  ckpt = pathlib.Path(checkpoint.checkpoint_dir(workdir))
+  assert _finished_steps(workdir) == [5]
+  first_events = set(workdir.glob("events.out.tfevents.*"))
+  undo = _read_only(ckpt)
+  try:
+    result = subprocess.run(
+      _cmd(workdir, 30), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+    )
+  finally:
+    undo()
+  # One line naming the step directory and the cause, no traceback, a failed exit status.
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  lines = [line for line in result.stderr.splitlines() if "error:" in line]
+  assert len(lines) == 1, result.stderr[-3000:]
+  assert lines[0].startswith(f"main: error: cannot save checkpoint {ckpt / '10'} (")
+  assert f"the checkpoints already in {ckpt} are kept" in lines[0]
+  # The run stopped at that step: it resumed at 5 and logged steps 6-10, nothing after.
+  (events,) = set(workdir.glob("events.out.tfevents.*")) - first_events
+  assert sorted(read_scalars(events, "train/loss")) == list(range(6, 11))
+  # The checkpoint before it is intact: it loads, and training resumes from it.
+  assert _finished_steps(workdir) == [5]
+  assert inference.load(workdir).source == str(ckpt / "5")
+  resumed = subprocess.run(
+    _cmd(workdir, 10), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+  )
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "at step 5" in resumed.stderr
+  assert _finished_steps(workdir) == [5, 10]
+
+
+def test_a_workdir_where_checkpoints_cannot_be_created_is_a_clear_error(tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  undo = _read_only(workdir)
+  try:
+    with pytest.raises(errors.CheckpointError) as info:
+      checkpoint.make_manager(workdir)
+  finally:
+    undo()
+  assert str(info.value).startswith(
+    f"cannot create the checkpoint directory {workdir / 'checkpoints'}: "
+  )

@@ -26,8 +26,14 @@ def workdir(tmp_path_factory):
 
 def run_upscale(*args):
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-  return subprocess.run([sys.executable, "-m", "edsr_jax.upscale", *map(str, args)],
-                        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "edsr_jax.upscale", *map(str, args)],
+    cwd=REPO_ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def error_lines(proc):
@@ -56,7 +62,10 @@ def test_files_folders_modes_and_bad_inputs(workdir, tmp_path):
   assert proc.returncode == 1, proc.stderr
   assert "Traceback" not in proc.stderr
   assert sorted(p.name for p in out.iterdir()) == [
-      "alpha_x2_SR.png", "grey_x2_SR.png", "photo_x2_SR.png"]
+    "alpha_x2_SR.png",
+    "grey_x2_SR.png",
+    "photo_x2_SR.png",
+  ]
   errors = error_lines(proc)
   assert len(errors) == 2, proc.stderr
   assert any(str(folder / "broken.png") in e for e in errors)
@@ -65,8 +74,11 @@ def test_files_folders_modes_and_bad_inputs(workdir, tmp_path):
 
   # Each output is the network on the input's RGB: grey copied to 3 channels, alpha dropped.
   upscaler = inference.load(workdir)
-  for name, lr in (("photo", rgb), ("grey", np.repeat(grey[..., None], 3, axis=-1)),
-                   ("alpha", rgba[..., :3])):
+  for name, lr in (
+    ("photo", rgb),
+    ("grey", np.repeat(grey[..., None], 3, axis=-1)),
+    ("alpha", rgba[..., :3]),
+  ):
     with Image.open(out / f"{name}_x2_SR.png") as image:
       assert image.mode == "RGB"
       written = np.asarray(image)
@@ -76,14 +88,20 @@ def test_files_folders_modes_and_bad_inputs(workdir, tmp_path):
 def test_self_ensemble_and_tiles(workdir, tmp_path):
   lr = np.random.default_rng(1).integers(0, 256, (37, 29, 3), dtype=np.uint8)
   Image.fromarray(lr).save(tmp_path / "x.png")
-  proc = run_upscale(tmp_path / "x.png", "--checkpoint", workdir / "checkpoints" / "2",
-                     "--output_dir", tmp_path / "out", "--scale=2", "--self_ensemble",
-                     "--tile_size=8")
+  proc = run_upscale(
+    tmp_path / "x.png",
+    "--checkpoint",
+    workdir / "checkpoints" / "2",
+    "--output_dir",
+    tmp_path / "out",
+    "--scale=2",
+    "--self_ensemble",
+    "--tile_size=8",
+  )
   assert proc.returncode == 0, proc.stderr
   upscaler = inference.load(workdir)
   expected = upscaler.upscale(lr, self_ensemble=True, tile_size=0)
-  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "x_x2_SR.png")),
-                                expected)
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "x_x2_SR.png")), expected)
   assert not np.array_equal(expected, upscaler.upscale(lr))
 
 
@@ -97,18 +115,21 @@ def test_usage_errors_stop_before_writing(workdir, tmp_path, case):
   Image.fromarray(image).save(tmp_path / "b" / "x.png")
   out = tmp_path / "out"
   checkpoint = tmp_path / "no_such_run" if case == "missing_checkpoint" else workdir
-  inputs = {"same_name": [tmp_path / "a", tmp_path / "b"],
-            "no_images": [tmp_path / "empty"]}.get(case, [tmp_path / "a"])
+  inputs = {"same_name": [tmp_path / "a", tmp_path / "b"], "no_images": [tmp_path / "empty"]}.get(
+    case, [tmp_path / "a"]
+  )
   scale = ["--scale=3"] if case == "scale" else []
   proc = run_upscale(f"--checkpoint={checkpoint}", f"--output_dir={out}", *scale, *inputs)
   assert proc.returncode == 1
   assert "Traceback" not in proc.stderr
   errors = error_lines(proc)
   assert len(errors) == 1, proc.stderr
-  expected = {"missing_checkpoint": [str(checkpoint), "no such file"],
-              "scale": ["scale 3", "available: x2"],
-              "same_name": [str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png")],
-              "no_images": [str(tmp_path / "empty"), "no image files"]}
+  expected = {
+    "missing_checkpoint": [str(checkpoint), "no such file"],
+    "scale": ["scale 3", "available: x2"],
+    "same_name": [str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png")],
+    "no_images": [str(tmp_path / "empty"), "no image files"],
+  }
   for fragment in expected[case]:
     assert fragment in errors[0]
   assert not out.exists() or not any(out.iterdir())

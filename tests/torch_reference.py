@@ -20,8 +20,7 @@ def conv(in_ch: int, out_ch: int, kernel: int) -> nn.Conv2d:
 class MeanShift(nn.Conv2d):
   """A fixed 1x1 conv adding `sign * rgb_range * mean / std` (the official sub/add_mean)."""
 
-  def __init__(self, rgb_range=255.0, rgb_mean=DIV2K_RGB_MEAN, rgb_std=(1.0, 1.0, 1.0),
-               sign=-1):
+  def __init__(self, rgb_range=255.0, rgb_mean=DIV2K_RGB_MEAN, rgb_std=(1.0, 1.0, 1.0), sign=-1):
     super().__init__(3, 3, kernel_size=1)
     std = torch.tensor(rgb_std, dtype=torch.float32)
     self.weight.data = torch.eye(3).view(3, 3, 1, 1) / std.view(3, 1, 1, 1)
@@ -33,8 +32,9 @@ class MeanShift(nn.Conv2d):
 class ResBlock(nn.Module):
   def __init__(self, features: int, kernel: int = 3, res_scale: float = 1.0):
     super().__init__()
-    self.body = nn.Sequential(conv(features, features, kernel), nn.ReLU(True),
-                              conv(features, features, kernel))
+    self.body = nn.Sequential(
+      conv(features, features, kernel), nn.ReLU(True), conv(features, features, kernel)
+    )
     self.res_scale = res_scale
 
   def forward(self, x):
@@ -60,8 +60,15 @@ def _body(num_blocks: int, features: int, res_scale: float) -> nn.Sequential:
 
 
 class EDSR(nn.Module):
-  def __init__(self, scale=2, num_blocks=16, num_features=64, res_scale=1.0, rgb_range=255.0,
-               rgb_std=(1.0, 1.0, 1.0)):
+  def __init__(
+    self,
+    scale=2,
+    num_blocks=16,
+    num_features=64,
+    res_scale=1.0,
+    rgb_range=255.0,
+    rgb_std=(1.0, 1.0, 1.0),
+  ):
     super().__init__()
     self.sub_mean = MeanShift(rgb_range, rgb_std=rgb_std, sign=-1)
     self.add_mean = MeanShift(rgb_range, rgb_std=rgb_std, sign=1)
@@ -85,7 +92,8 @@ class MDSR(nn.Module):
     self.add_mean = MeanShift(rgb_range, sign=1)
     self.head = nn.Sequential(conv(3, f, 3))
     self.pre_process = nn.ModuleList(
-        [nn.Sequential(ResBlock(f, 5), ResBlock(f, 5)) for _ in scales])
+      [nn.Sequential(ResBlock(f, 5), ResBlock(f, 5)) for _ in scales]
+    )
     self.body = _body(num_blocks, f, 1.0)
     self.upsample = nn.ModuleList([Upsampler(s, f) for s in scales])
     self.tail = nn.Sequential(conv(f, 3, 3))

@@ -1,0 +1,57 @@
+"""The errors a user can fix: one family, so that every tool reports them the same way.
+
+A `UserError` says what was wrong with what the user gave (a config value, an image, a
+checkpoint, a weights file, a flag) and how to fix it, in one message. Command-line tools
+print it as one `<tool>: error: <message>` line (`edsr_jax.cli.run`); any other exception
+is a bug and keeps its traceback. The subclasses also derive from the built-in error they
+always were (ValueError, FloatingPointError), so existing `except` clauses still hold.
+"""
+
+
+class UserError(Exception):
+  """A problem with what the user gave; raised as is for flags and paths of a command."""
+
+
+class ConfigError(UserError, ValueError):
+  """A config value that cannot work; the message names the key."""
+
+
+class ImageError(UserError, ValueError):
+  """An image file that cannot be used; the message names the file and the problem."""
+
+
+class CheckpointError(UserError, ValueError):
+  """A checkpoint that cannot be read or written; the message names its path."""
+
+
+class WeightsError(UserError, ValueError):
+  """A weights file that cannot be read or does not hold the network asked for.
+
+  When an argument of the request contradicts the file, `argument` is its name and
+  `value` what was given (None when the message names the argument alone), and the
+  message is `<argument>[=<value>]<detail>`, so that a command-line tool can restate
+  the argument as its flag.
+  """
+
+  def __init__(self, message: str, argument: str | None = None, value=None, detail: str = ""):
+    super().__init__(message)
+    self.argument, self.value, self.detail = argument, value, detail
+
+
+class DivergedError(UserError, FloatingPointError):
+  """Training stopped because its loss or gradients stayed non-finite."""
+
+
+def one_line(error: BaseException, *, innermost: bool = False) -> str:
+  """The message of `error` on one line (its type's name if it has none).
+
+  With `innermost`, that of its innermost `__cause__`, cut to 300 characters: for
+  describing a library's exception (orbax nests long specs) inside a UserError.
+  """
+  if innermost:
+    while error.__cause__ is not None:
+      error = error.__cause__
+  text = " ".join(str(error).split()) or type(error).__name__
+  if innermost and len(text) > 300:
+    text = text[:297] + "..."
+  return text
