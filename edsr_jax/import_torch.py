@@ -220,8 +220,11 @@ def _write_checkpoint(output: str, train_state, config, *, replace: bool) -> Non
       shutil.rmtree(checkpoint.checkpoint_dir(target))
     os.rename(checkpoint.checkpoint_dir(tmp), checkpoint.checkpoint_dir(target))
   except errors.CheckpointError as e:
+    cause = e.__cause__ or e
+    reason = checkpoint.os_error(cause)
+    detail = errors.one_line(cause, innermost=True)
     raise errors.CheckpointError(
-      f"cannot write --output={output}: {errors.one_line(e.__cause__ or e, innermost=True)}; "
+      f"cannot write --output={output}: {f'{reason} ({detail})' if reason else detail}; "
       "nothing was written there"
     ) from e
   except OSError as e:
