@@ -42,7 +42,8 @@ storage client, and object stores have no flock to tell a live run from a dead o
 warning is logged and a handle that holds nothing is returned; the user must not start
 two runs on one `gs://` workdir.
 
-This module imports nothing from edsr_jax.
+It imports only `edsr_jax.errors` (a leaf): its errors are UserErrors, reported by every
+tool as one `error:` line.
 """
 
 from __future__ import annotations
@@ -59,14 +60,16 @@ import secrets
 import socket
 import sys
 
+from edsr_jax import errors
+
 LOCK_NAME = ".run.lock"
 _FORMAT = "edsr_jax workdir lock v1"
 _ATTEMPTS = 20  # retries when the lock file changes under us (released or replaced)
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
-class WorkdirLockError(ValueError):
+class WorkdirLockError(errors.UserError, ValueError):
   """The workdir lock cannot be taken; the message names the workdir and what to do."""
 
 
@@ -97,16 +100,27 @@ def process_start_ticks(pid: int) -> int | None:
     return None
 
 
+def _process_state(pid: int) -> str | None:
+  """The state letter of `pid` (/proc/<pid>/stat field 3: R, S, D, Z, ...), or None."""
+  try:
+    stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()[0]
+  except (OSError, ValueError, IndexError):
+    return None
+
+
 def pid_alive(pid: int) -> bool:
+  """Whether process `pid` is running. A zombie (exited, not yet reaped by its parent)
+  is not: it holds no files and will never run again."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
   except PermissionError:  # exists, owned by another user
-    return True
+    pass
   except OverflowError:
     return False
-  return True
+  return _process_state(pid) not in ("Z", "X")
 
 
 def _this_process(argv) -> dict:
@@ -150,7 +164,7 @@ class WorkdirLock:
       if _same_file(fd, self.path):
         os.unlink(self.path)
     except OSError as e:
-      log.warning("could not remove the workdir lock %s: %s", self.path, e)
+      logger.warning("could not remove the workdir lock %s: %s", self.path, e)
     finally:
       os.close(fd)
 
@@ -273,6 +287,8 @@ def _stale_reason(info: dict) -> str | None:
     return "this host has restarted since"
   pid = info["pid"]
   if not pid_alive(pid):
+    if _process_state(pid) in ("Z", "X"):
+      return f"pid {pid} is not running (it has exited; its parent has not reaped it yet)"
     return f"pid {pid} is not running"
   saved, now = info.get("process_start_ticks"), process_start_ticks(pid)
   if saved is not None and now is not None and saved != now:
@@ -314,7 +330,7 @@ def acquire(
       the lock file there is unreadable.
   """
   if is_remote(workdir):
-    log.warning(
+    logger.warning(
       "workdir %s is on an object store: no run lock is taken (no atomic create-if-absent "
       "there); do not start a second run on this workdir while one is running",
       workdir,
@@ -367,7 +383,7 @@ def acquire(
             )
           raise WorkdirBusyError(_busy_message(workdir, path, held, why))
         new_fd = _replace(path, payload)
-        log.warning(
+        logger.warning(
           "workdir %s: took over the stale run lock of %s (%s)",
           workdir,
           describe(held),
