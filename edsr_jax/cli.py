@@ -36,13 +36,29 @@ EX_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process stopped by Ct
 _NOISY = ("/orbax/", "/jax/_src/xla_bridge", "/clu/asynclib", "signaling_client")
 
 
-class _DropLibraryInfo(logging.Filter):
+class _QuietLibraries(logging.Filter):
+  """Drops libraries' INFO lines, and keeps their errors to one line each.
+
+  When a checkpoint write or read fails, orbax logs the failure of each of its threads
+  with a traceback, and asyncio reports each abandoned TensorStore task ("Task exception
+  was never retrieved", also while the process exits, after the error line). The tool
+  reports that failure itself in its one `error:` line.
+  """
+
   def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or not any(part in record.pathname for part in _NOISY)
+    noisy = any(part in record.pathname for part in _NOISY) or record.name == "asyncio"
+    if not noisy:
+      return True
+    if record.levelno < logging.WARNING:
+      return False
+    if record.name == "asyncio" and "exception was never retrieved" in str(record.msg):
+      return False
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
 
 
 def quiet_library_logs() -> None:
-  absl_logging.get_absl_handler().addFilter(_DropLibraryInfo())
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def log(message: str) -> None:
