@@ -255,10 +255,12 @@ def evaluate_pair(
     raise errors.ImageError(f"sr shape {sr.shape} is larger than hr shape {hr.shape}")
   (h, w), (hr_h, hr_w) = sr.shape[:2], hr.shape[:2]
   if hr_h - h >= scale or hr_w - w >= scale:
+    expected = f"the HR size ({hr_w}x{hr_h})"
+    if hr_w % scale or hr_h % scale:
+      expected += f", or down to {hr_w - hr_w % scale}x{hr_h - hr_h % scale} (HR cropped to a "
+      expected += "multiple of the scale)"
     raise errors.ImageError(
-      f"the SR image is {w}x{h} pixels but its HR image is {hr_w}x{hr_h}: at x{scale} it "
-      f"must be {hr_w}x{hr_h}, or {hr_w - hr_w % scale}x{hr_h - hr_h % scale} (HR cropped "
-      "to a multiple of the scale)"
+      f"SR size {w}x{h} does not match HR size {hr_w}x{hr_h} at x{scale}: expected {expected}"
     )
   hr = crop_to(hr, sr.shape[0], sr.shape[1])
   if convention == "benchmark":
