@@ -23,7 +23,7 @@ Library cases (`cli=None`) run `snippet` through LIBRARY_RUNNER, which prints an
 of edsr_jax's error family as `error: <message>` and exits 1, and lets anything else end in
 a traceback: the library must raise its own error type, with a one-line message.
 
-Exit statuses proposed in docs_when_something_goes_wrong.md: 0 num_train_steps reached
+Exit statuses (README, "When something goes wrong"): 0 num_train_steps reached
 (also when there was nothing left to train), 1 an error, 75 (EX_TEMPFAIL) stopped by
 SIGTERM or Ctrl-C after saving a checkpoint, 130 a second Ctrl-C (stopped at once).
 

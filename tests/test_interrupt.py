@@ -2,9 +2,9 @@
 resumed run ends bitwise equal to an uninterrupted one.
 
 Ctrl-C is SIGINT to the whole process group, as a terminal sends it. Exit status 75
-(EX_TEMPFAIL) after a signal-triggered save is the proposal of
-docs_when_something_goes_wrong.md: non-zero, so that a scheduler does not read a preempted
-run as finished, and distinct from 128 + n, which means killed without saving.
+(EX_TEMPFAIL) after a signal-triggered save (README, "When something goes wrong"):
+non-zero, so that a scheduler does not read a preempted run as finished, and distinct
+from 128 + n, which means killed without saving.
 """
 
 import os
