@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -86,18 +87,14 @@ def make_manager(workdir: str | os.PathLike, max_to_keep: int = 3) -> ocp.Checkp
   and a failed asynchronous save leaves orbax's threads waiting minutes for it.)
   """
   directory = checkpoint_dir(workdir)
-  # cleanup_tmp_directories: a save cut short (a second Ctrl-C, a kill, a full disk) leaves
-  # `<step>.orbax-checkpoint-tmp-*` behind; the next run removes it.
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=max_to_keep,
-    create=True,
-    enable_async_checkpointing=False,
-    cleanup_tmp_directories=True,
+    max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
   )
   if directory.exists() and not directory.is_dir():
     raise errors.CheckpointError(
       f"{directory} exists and is not a folder: it must hold this workdir's checkpoints"
     )
+  remove_unfinished(directory)
   try:
     with _orbax_io():
       return ocp.CheckpointManager(directory, item_names=("state", "config"), options=options)
@@ -105,6 +102,30 @@ def make_manager(workdir: str | os.PathLike, max_to_keep: int = 3) -> ocp.Checkp
     raise errors.CheckpointError(
       f"cannot create the checkpoint directory {directory}: {errors.one_line(e)}"
     ) from e
+
+
+# What orbax names a step while writing it, renamed to `<step>` once complete.
+UNFINISHED = ".orbax-checkpoint-tmp"
+
+
+def remove_unfinished(directory: epath.Path) -> None:
+  """Removes the `<step>.orbax-checkpoint-tmp*` folders of saves cut short (a second
+  Ctrl-C, a kill, a full disk), which nothing can resume from.
+
+  Done here, before the manager exists, rather than by orbax's own cleanup, which runs in
+  a thread that nobody waits for (a run that stops early exits under it). Only process 0
+  removes; the workdir lock ensures no other run is writing them. One that cannot be
+  removed is left (orbax ignores it) with a warning.
+  """
+  if jax.process_index() != 0 or not directory.is_dir():
+    return
+  for path in directory.iterdir():
+    if UNFINISHED in path.name:
+      try:
+        path.rmtree()
+        logging.info("removed %s, a save that did not complete", path)
+      except OSError as e:  # harmless: orbax never reads it
+        logging.warning("cannot remove %s, a save that did not complete: %s", path, e)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, config) -> None:
