@@ -207,23 +207,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 
 def _train(config, workdir, scales, sampler, val_images) -> TrainState:
-  # Deferred: CLU's writers import TensorFlow (seconds); loaded once the data is known to
-  # be good, and never by tools that only need TrainState.
-  from clu import metric_writers, periodic_actions
-
   is_chief = jax.process_index() == 0
-  mesh = make_mesh()
-  model = models.create_model(config.model, jnp.dtype(config.model.dtype))
-  tx = make_optimizer(config)
-  schedule = learning_rate_schedule(config)
-  state = create_train_state(config, model, tx, mesh, jax.random.key(config.seed))
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info("model %s: %d parameters", config.model.name, num_params)
-
   with contextlib.ExitStack() as cleanup:  # closes what is opened below, on every way out
     manager = checkpoint.make_manager(workdir, config.max_checkpoints_to_keep)
     # An open manager torn down at exit prints "Event loop is closed" tracebacks.
     cleanup.callback(manager.close)
+
+    mesh = make_mesh()
+    model = models.create_model(config.model, jnp.dtype(config.model.dtype))
+    tx = make_optimizer(config)
+    schedule = learning_rate_schedule(config)
+    state = create_train_state(config, model, tx, mesh, jax.random.key(config.seed))
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info("model %s: %d parameters", config.model.name, num_params)
     if manager.latest_step() is not None:
       state = checkpoint.resume(manager, state, config)
       logging.info("resumed from %s at step %d", manager.directory, int(state.step))
@@ -243,6 +239,11 @@ def _train(config, workdir, scales, sampler, val_images) -> TrainState:
         manager.directory,
       )
       return state
+
+    # Deferred: CLU's writers import TensorFlow (seconds); loaded once the data and the
+    # checkpoint are known to be good, and never by tools that only need TrainState.
+    from clu import metric_writers, periodic_actions
+
     if is_chief:
       config_file = workdir / "config.json"
       try:
