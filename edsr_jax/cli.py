@@ -17,6 +17,8 @@
 Any other exception is a bug and keeps its traceback.
 """
 
+import atexit
+import functools
 import logging
 import os
 import signal
@@ -71,14 +73,31 @@ def log_error(message: str) -> None:
   log(f"error: {' '.join(str(message).split())}")
 
 
-def _stop_interrupted(*_) -> None:
+def _stop_interrupted(*_, saved: bool = False) -> None:
   """Ctrl-C: one line, exit 130 now (no interpreter teardown: nothing waits on threads)."""
-  log(
-    "interrupted (Ctrl-C): stopped at once without saving; a training run resumes from its "
-    "last finished checkpoint when the same command is run again"
-  )
+  if saved:
+    log(
+      "interrupted (Ctrl-C) while exiting; the checkpoint above is saved: run the same "
+      "command to resume"
+    )
+  else:
+    log(
+      "interrupted (Ctrl-C): stopped at once without saving; a training run resumes from its "
+      "last finished checkpoint when the same command is run again"
+    )
   sys.stdout.flush()
   os._exit(EX_INTERRUPTED)
+
+
+def _exit_keeping_sigint(status: int) -> None:
+  """Exits with `status` after the atexit handlers (JAX's multi-process shutdown, log
+  flushing), but without the interpreter's teardown: Python gives SIGINT back to the
+  system's default there, so a Ctrl-C in those seconds would kill the process instead of
+  running our handler."""
+  atexit._run_exitfuncs()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)
 
 
 def _parse_flags(check_args: Callable[[list[str]], None] | None):
@@ -113,11 +132,12 @@ def run(
       try:
         return main(argv)
       except errors.Preempted as e:
-        if threading.current_thread() is threading.main_thread():
-          # A second Ctrl-C from now on (the process is shutting down) stops at once.
-          signal.signal(signal.SIGINT, _stop_interrupted)
         log(str(e))
-        return EX_TEMPFAIL
+        if threading.current_thread() is not threading.main_thread():
+          return EX_TEMPFAIL
+        # A second Ctrl-C from now until the process is gone stops it at once (130).
+        signal.signal(signal.SIGINT, functools.partial(_stop_interrupted, saved=True))
+        _exit_keeping_sigint(EX_TEMPFAIL)
       except (errors.UserError, app.UsageError) as e:
         log_error(errors.one_line(e))
         return 1
