@@ -98,11 +98,26 @@ time.sleep(3600)
 TRAIN_LOSS_LINE = re.compile(r"\[(\d+)\] .*train/loss")
 
 
+# JAX's persistent compilation cache, shared by this module's processes: most of them
+# compile the same tiny network, which takes seconds per program on a small CPU.
+_JAX_CACHE: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_jax_cache(tmp_path_factory):
+  _JAX_CACHE["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax-cache"))
+  _JAX_CACHE["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  _JAX_CACHE["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  yield
+  _JAX_CACHE.clear()
+
+
 def _env() -> dict:
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONUNBUFFERED"] = "1"
+  env.update(_JAX_CACHE)
   return env
 
 
@@ -342,8 +357,8 @@ def ctrl_c(times: int):
       ctx.cleanup(lambda: _kill(proc))
       _wait_for(err_path, TRAIN_LOSS_LINE, proc)
       for i in range(times):
-        if i:
-          time.sleep(0.3)
+        if i:  # while the first one's save runs (a fraction of a second for this network)
+          time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)
       try:
         status = proc.wait(timeout=CASE_TIMEOUT)
@@ -480,6 +495,11 @@ def _import_retry_succeeds(ctx, proc):
   assert again.returncode == 0, again.stderr[-3000:]
 
 
+def _unfinished_save_removed(ctx, proc):
+  names = sorted(p.name for p in (ctx.tmp / "run" / "checkpoints").iterdir())
+  assert names == ["2", "3"], names
+
+
 def _lock_released(ctx, proc):
   assert not (ctx.tmp / "run" / ".run.lock").exists()
 
@@ -497,6 +517,14 @@ def _disk_full(ctx):
   room = _allocated(ctx.ckpt) + _allocated(ctx.ckpt / "checkpoints" / "2") // 2
   small_tmpfs(ctx, ctx.tmp / "full", room)
   shutil.copytree(ctx.ckpt, ctx.tmp / "full" / "run", symlinks=True)
+
+
+def _unfinished_save(ctx):
+  # What a save cut short (a second Ctrl-C, a kill, a full disk) leaves: orbax's temporary
+  # step folder, half written.
+  run = copy_checkpoint(ctx)
+  partial = run / "checkpoints" / "4.orbax-checkpoint-tmp"
+  shutil.copytree(run / "checkpoints" / "2" / "config", partial / "config")
 
 
 def _killed_holder(ctx):
@@ -696,6 +724,15 @@ CASES = [
     unchanged=("full/run/checkpoints/2",),
     check=_resumes_after_space_is_freed,
     needs=("ckpt", "mount"),
+  ),
+  main_case(
+    "main-unfinished-save-left-behind",
+    "--config.num_train_steps=3",
+    setup=_unfinished_save,
+    status=0,
+    expect=(r"resumed from \S+ at step 2\b",),
+    check=_unfinished_save_removed,
+    needs=("ckpt",),
   ),
   main_case(
     "main-resume-past-num-train-steps",
