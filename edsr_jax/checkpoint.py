@@ -7,6 +7,9 @@ whatever topology wrote them) and `init_from` for a run that starts from another
 weights. Every failure to read or write one is a `CheckpointError` naming its path.
 """
 
+import asyncio
+import contextlib
+import errno
 import json
 import os
 import re
@@ -15,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -39,6 +43,38 @@ def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
   return absolute(workdir) / CHECKPOINT_SUBDIR
 
 
+class _LoopIgnoringLateCallbacks(asyncio.SelectorEventLoop):
+  """An event loop that drops thread-safe callbacks arriving after it is closed."""
+
+  def call_soon_threadsafe(self, callback, *args, context=None):
+    try:
+      return super().call_soon_threadsafe(callback, *args, context=context)
+    except RuntimeError:
+      if self.is_closed():
+        return None  # nothing waits for it any more
+      raise
+
+
+class _Policy(asyncio.DefaultEventLoopPolicy):
+  def new_event_loop(self):
+    return _LoopIgnoringLateCallbacks()
+
+
+@contextlib.contextmanager
+def _orbax_io():
+  """Around every orbax read and write: when one of its TensorStore operations fails,
+  orbax closes the event loop it ran them on while the others are still in flight; each
+  of those then completes into the closed loop and TensorStore prints a
+  `RuntimeError: Event loop is closed` traceback (during the run or at exit, after the
+  error line). The loops orbax creates meanwhile ignore such late completions."""
+  previous = asyncio.get_event_loop_policy()
+  asyncio.set_event_loop_policy(_Policy())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(previous)
+
+
 # ------------------------------------------------------------------ training: save, resume
 
 
@@ -54,12 +90,42 @@ def make_manager(workdir: str | os.PathLike, max_to_keep: int = 3) -> ocp.Checkp
   options = ocp.CheckpointManagerOptions(
     max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
   )
+  if directory.exists() and not directory.is_dir():
+    raise errors.CheckpointError(
+      f"{directory} exists and is not a folder: it must hold this workdir's checkpoints"
+    )
+  remove_unfinished(directory)
   try:
-    return ocp.CheckpointManager(directory, item_names=("state", "config"), options=options)
+    with _orbax_io():
+      return ocp.CheckpointManager(directory, item_names=("state", "config"), options=options)
   except OSError as e:
     raise errors.CheckpointError(
       f"cannot create the checkpoint directory {directory}: {errors.one_line(e)}"
     ) from e
+
+
+# What orbax names a step while writing it, renamed to `<step>` once complete.
+UNFINISHED = ".orbax-checkpoint-tmp"
+
+
+def remove_unfinished(directory: epath.Path) -> None:
+  """Removes the `<step>.orbax-checkpoint-tmp*` folders of saves cut short (a second
+  Ctrl-C, a kill, a full disk), which nothing can resume from.
+
+  Done here, before the manager exists, rather than by orbax's own cleanup, which runs in
+  a thread that nobody waits for (a run that stops early exits under it). Only process 0
+  removes; the workdir lock ensures no other run is writing them. One that cannot be
+  removed is left (orbax ignores it) with a warning.
+  """
+  if jax.process_index() != 0 or not directory.is_dir():
+    return
+  for path in directory.iterdir():
+    if UNFINISHED in path.name:
+      try:
+        path.rmtree()
+        logging.info("removed %s, a save that did not complete", path)
+      except OSError as e:  # harmless: orbax never reads it
+        logging.warning("cannot remove %s, a save that did not complete: %s", path, e)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, config) -> None:
@@ -70,17 +136,21 @@ def save(manager: ocp.CheckpointManager, step: int, state, config) -> None:
   renames it only once complete).
   """
   try:
-    manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(json.loads(config.to_json()))
-      ),
-    )
-    manager.wait_until_finished()
+    with _orbax_io():
+      manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          config=ocp.args.JsonSave(json.loads(config.to_json())),
+        ),
+      )
+      manager.wait_until_finished()
   except Exception as e:  # orbax, tensorstore and the file system raise many types
+    reason = os_error(e)
+    detail = errors.one_line(e, innermost=True)
     raise errors.CheckpointError(
       f"cannot save checkpoint {manager.directory / str(step)} "
-      f"({errors.one_line(e, innermost=True)}); the checkpoints already in "
+      f"({f'{reason}: {detail}' if reason else detail}); the checkpoints already in "
       f"{manager.directory} are kept"
     ) from e
 
@@ -88,15 +158,17 @@ def save(manager: ocp.CheckpointManager, step: int, state, config) -> None:
 def restore_state(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
   """Restores the state at `step` (default: latest) onto the shardings of `abstract_state`."""
   step = manager.latest_step() if step is None else step
-  restored = manager.restore(
-    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-  )
+  with _orbax_io():
+    restored = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    )
   return restored.state
 
 
 def restore_config(manager: ocp.CheckpointManager, step: int | None = None):
   step = manager.latest_step() if step is None else step
-  restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  with _orbax_io():
+    restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
   return ml_collections.ConfigDict(restored.config)
 
 
@@ -139,10 +211,52 @@ def resume(manager: ocp.CheckpointManager, state, config):
 
 def _unreadable(step_dir, directory, error) -> errors.CheckpointError:
   return errors.CheckpointError(
-    f"{step_dir}: cannot resume from this checkpoint, it is corrupt or incomplete "
-    f"({errors.one_line(error, innermost=True)}); move it out of {directory} to resume from "
-    "the one before"
+    f"{step_dir}: cannot resume from this checkpoint: {what_failed(error)}; it is kept: "
+    f"move it out of {directory} to resume from the one before"
   )
+
+
+# What the file system says, in the words of the OS (TensorStore wraps it in its own text).
+_OS_ERRORS = tuple(
+  os.strerror(code)
+  for code in (
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EIO,
+  )
+)
+
+
+def os_error(error: BaseException) -> str | None:
+  """The file system error behind `error` ('No space left on device', ...), if it is one."""
+  chain, e = [], error
+  while e is not None and e not in chain:
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  for e in chain:
+    if isinstance(e, OSError) and e.strerror:
+      return e.strerror
+  text = " ".join(str(e) for e in chain)
+  return next((message for message in _OS_ERRORS if message in text), None)
+
+
+def what_failed(error: BaseException) -> str:
+  """Why reading a checkpoint failed, from what the errors say (never guessed).
+
+  A file system error (a missing file, a permission, I/O) is reported as such; anything
+  else (unparsable metadata, short or garbled array data) means the files are corrupt.
+  """
+  text = errors.one_line(error, innermost=True)
+  reason = os_error(error)
+  if reason:
+    return f"cannot read its files: {reason} ({text})"
+  return f"its files are corrupt or incomplete ({text})"
 
 
 # ------------------------------------------------------------------ a model from a checkpoint
@@ -184,13 +298,12 @@ def read_config(step_dir: epath.Path) -> ml_collections.ConfigDict:
       "edsr_jax training (the config travels with each checkpoint)"
     )
   try:
-    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+    with _orbax_io(), ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
       saved = checkpointer.restore(step_dir / "config", args=ocp.args.JsonRestore())
     return ml_collections.ConfigDict(saved)
   except Exception as e:  # orbax and json raise many types
     raise errors.CheckpointError(
-      f"{step_dir}/config: unreadable or corrupt saved config "
-      f"({errors.one_line(e, innermost=True)})"
+      f"{step_dir}/config: cannot read the saved config: {what_failed(e)}"
     ) from None
 
 
@@ -208,7 +321,7 @@ def _restore_params(step_dir: epath.Path, model, scale: int):
   )
   try:
     # A partial PyTree restore reads `params` only: the optimizer state stays on disk.
-    with ocp.PyTreeCheckpointer() as checkpointer:
+    with _orbax_io(), ocp.PyTreeCheckpointer() as checkpointer:
       restored = checkpointer.restore(
         step_dir / "state",
         args=ocp.args.PyTreeRestore(
@@ -217,8 +330,7 @@ def _restore_params(step_dir: epath.Path, model, scale: int):
       )
   except Exception as e:  # orbax raises bare Exception for tensorstore failures
     raise errors.CheckpointError(
-      f"{step_dir}/state: cannot restore the parameters; the checkpoint "
-      f"is corrupt or does not match its config ({errors.one_line(e, innermost=True)})"
+      f"{step_dir}/state: cannot restore the parameters: {what_failed(e)}"
     ) from None
   params = restored["params"]
   bad = [

@@ -3,38 +3,64 @@
   if __name__ == "__main__":
     cli.run(main)
 
-`run` is absl's `app.run` with two additions: libraries' routine INFO log lines are
-dropped (orbax logs every step of every save), and a `UserError` ends the run with one
-line `<tool>: error: <message>` on stderr and exit status 1. Any other exception is a
-bug and keeps its traceback.
+`run` is absl's `app.run` with these additions:
+- libraries' routine INFO log lines are dropped (orbax logs every step of every save);
+- a problem with what the user gave ends the run with one line `error: <message>`, the
+  last line on stderr, and exit status 1: a `UserError` raised by `main`, a flag that
+  does not parse (a bad value, an unknown or missing flag, absl's `UsageError`), or a bad
+  config file or `--config.<key>` (checked by `check_args`, before absl parses the flags);
+- `errors.Preempted` (training stopped by SIGTERM or Ctrl-C after saving) prints its
+  message as the last line and exits with status 75 (EX_TEMPFAIL: run the same command
+  again to resume);
+- Ctrl-C that reaches Python as KeyboardInterrupt (a second Ctrl-C during training, or
+  one before training or in another tool) stops at once with one line and status 130.
+Any other exception is a bug and keeps its traceback.
 """
 
+import atexit
+import functools
 import logging
-import pathlib
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
-from absl import app
+from absl import app, flags
 from absl import logging as absl_logging
 
 from edsr_jax import errors
+
+EX_TEMPFAIL = 75  # sysexits.h: a temporary failure, the user is invited to retry
+EX_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process stopped by Ctrl-C
 
 # Orbax logs every step of every save at INFO; TensorFlow and JAX announce backends.
 _NOISY = ("/orbax/", "/jax/_src/xla_bridge", "/clu/asynclib", "signaling_client")
 
 
-class _DropLibraryInfo(logging.Filter):
+class _QuietLibraries(logging.Filter):
+  """Drops libraries' INFO lines, and keeps their errors to one line each.
+
+  When a checkpoint write or read fails, orbax logs the failure of each of its threads
+  with a traceback, and asyncio reports each abandoned TensorStore task ("Task exception
+  was never retrieved", also while the process exits, after the error line). The tool
+  reports that failure itself in its one `error:` line.
+  """
+
   def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or not any(part in record.pathname for part in _NOISY)
+    noisy = any(part in record.pathname for part in _NOISY) or record.name == "asyncio"
+    if not noisy:
+      return True
+    if record.levelno < logging.WARNING:
+      return False
+    if record.name == "asyncio" and "exception was never retrieved" in str(record.msg):
+      return False
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
 
 
 def quiet_library_logs() -> None:
-  absl_logging.get_absl_handler().addFilter(_DropLibraryInfo())
-
-
-def tool_name() -> str:
-  """`upscale` for `python -m edsr_jax.upscale`: how error lines name the tool."""
-  return pathlib.Path(sys.argv[0]).stem or "edsr_jax"
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
 
 
 def log(message: str) -> None:
@@ -43,19 +69,79 @@ def log(message: str) -> None:
 
 
 def log_error(message: str) -> None:
-  """`<tool>: error: <message>` on one line of stderr."""
-  log(f"{tool_name()}: error: {' '.join(str(message).split())}")
+  """`error: <message>` on one line of stderr."""
+  log(f"error: {' '.join(str(message).split())}")
 
 
-def run(main: Callable[[list[str]], int | None]) -> None:
-  """Parses the absl flags and runs `main(argv)`; its return value is the exit status."""
+def _stop_interrupted(*_, saved: bool = False) -> None:
+  """Ctrl-C: one line, exit 130 now (no interpreter teardown: nothing waits on threads)."""
+  if saved:
+    log(
+      "interrupted (Ctrl-C) while exiting; the checkpoint above is saved: run the same "
+      "command to resume"
+    )
+  else:
+    log(
+      "interrupted (Ctrl-C): stopped at once without saving; a training run resumes from its "
+      "last finished checkpoint when the same command is run again"
+    )
+  sys.stdout.flush()
+  os._exit(EX_INTERRUPTED)
+
+
+def _exit_keeping_sigint(status: int) -> None:
+  """Exits with `status` after the atexit handlers (JAX's multi-process shutdown, log
+  flushing), but without the interpreter's teardown: Python gives SIGINT back to the
+  system's default there, so a Ctrl-C in those seconds would kill the process instead of
+  running our handler."""
+  atexit._run_exitfuncs()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)
+
+
+def _parse_flags(check_args: Callable[[list[str]], None] | None):
+  """absl's flag parsing with every failure as one `error:` line and exit status 1."""
+
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      if check_args is not None:
+        check_args(argv)
+      return flags.FLAGS(argv)
+    except (errors.UserError, flags.Error) as e:
+      log_error(errors.one_line(e))
+    except KeyboardInterrupt:
+      _stop_interrupted()
+    sys.exit(1)
+
+  return parse
+
+
+def run(
+  main: Callable[[list[str]], int | None], check_args: Callable[[list[str]], None] | None = None
+) -> None:
+  """Parses the absl flags and runs `main(argv)`; its return value is the exit status.
+
+  `check_args(argv)`, if given, runs before the flags are parsed and raises a UserError
+  for a problem it finds (the config file flags: `config_lib.check_config_args`).
+  """
 
   def main_reporting_user_errors(argv: list[str]) -> int | None:
     quiet_library_logs()
     try:
-      return main(argv)
-    except errors.UserError as e:
-      log_error(errors.one_line(e))
-      return 1
+      try:
+        return main(argv)
+      except errors.Preempted as e:
+        log(str(e))
+        if threading.current_thread() is not threading.main_thread():
+          return EX_TEMPFAIL
+        # A second Ctrl-C from now until the process is gone stops it at once (130).
+        signal.signal(signal.SIGINT, functools.partial(_stop_interrupted, saved=True))
+        _exit_keeping_sigint(EX_TEMPFAIL)
+      except (errors.UserError, app.UsageError) as e:
+        log_error(errors.one_line(e))
+        return 1
+    except KeyboardInterrupt:
+      _stop_interrupted()
 
-  app.run(main_reporting_user_errors)
+  app.run(main_reporting_user_errors, flags_parser=_parse_flags(check_args))

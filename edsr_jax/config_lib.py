@@ -5,10 +5,12 @@ preset has the same keys and `--config.<key>=...` works the same everywhere. `va
 runs before anything is compiled and names the key and the allowed values on failure.
 """
 
+import difflib
 import importlib.util
 import math
 import os
 import re
+import traceback
 from collections.abc import Sequence
 
 import ml_collections
@@ -223,10 +225,121 @@ def finalize(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.Co
 
 
 def load_config_file(path: str | os.PathLike, arg: str | None = None):
-  """`get_config(arg)` of a config file, as `--config=path[:arg]` would load it."""
-  spec = importlib.util.spec_from_file_location("edsr_jax_config", os.fspath(path))
+  """`get_config(arg)` of a config file, as `--config=path[:arg]` would load it.
+
+  Raises ConfigError naming the file for every way it can fail to give a config: missing,
+  a folder, a syntax error or an exception while it runs (with its line), no
+  `get_config`, or an argument `get_config` refuses.
+  """
+  path = os.fspath(path)
+  where = path if arg is None else f"{path}:{arg}"
+  if not os.path.exists(path):
+    raise errors.ConfigError(f"config file {path}: no such file")
+  if os.path.isdir(path):
+    raise errors.ConfigError(f"config file {path}: a folder, not a Python file")
+  spec = importlib.util.spec_from_file_location("edsr_jax_config", path)
   if spec is None or spec.loader is None:
-    raise errors.ConfigError(f"{path}: not a Python config file")
+    raise errors.ConfigError(f"config file {path}: not a Python config file (.py)")
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise errors.ConfigError(
+      f"config file {path}, line {e.lineno}: syntax error: {e.msg}"
+    ) from None
+  except OSError as e:
+    raise errors.ConfigError(f"config file {path}: cannot read it: {errors.one_line(e)}") from None
+  except Exception as e:  # the file's own code failed
+    raise errors.ConfigError(
+      f"config file {path}{_line_in(e, path)}: {type(e).__name__}: {errors.one_line(e)}"
+    ) from None
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise errors.ConfigError(f"config file {path} defines no get_config() function")
+  try:
+    config = get_config() if arg is None else get_config(arg)
+  except errors.UserError as e:
+    raise errors.ConfigError(f"config file {where}: {errors.one_line(e)}") from None
+  except Exception as e:  # the file's own code failed
+    raise errors.ConfigError(
+      f"config file {where}{_line_in(e, path)}: get_config() raised "
+      f"{type(e).__name__}: {errors.one_line(e)}"
+    ) from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise errors.ConfigError(
+      f"config file {where}: get_config() returned {type(config).__name__}, not a ConfigDict"
+    )
+  return config
+
+
+def _line_in(error: BaseException, path: str) -> str:
+  """', line N' of the innermost frame of `error` that ran in file `path` ('' if none)."""
+  lines = [
+    frame.lineno
+    for frame in traceback.extract_tb(error.__traceback__)
+    if os.path.abspath(frame.filename) == os.path.abspath(path)
+  ]
+  return f", line {lines[-1]}" if lines else ""
+
+
+def _flag_value(argv: Sequence[str], name: str) -> str | None:
+  """The last value given to --name (`--name=v`, `-name=v` or `--name v`) in argv."""
+  value = None
+  i = 1
+  while i < len(argv):
+    arg = argv[i]
+    if arg == "--":
+      break
+    m = re.fullmatch(rf"--?{re.escape(name)}(=(?P<value>.*))?", arg, re.DOTALL)
+    if m:
+      if m["value"] is not None:
+        value = m["value"]
+      elif i + 1 < len(argv):
+        value = argv[i + 1]
+        i += 1
+    i += 1
+  return value
+
+
+def check_key(config: ml_collections.ConfigDict, key: str, name: str = "config") -> None:
+  """Raises ConfigError if `key` ('model.num_blocks') is not a key of `config`, naming the
+  closest existing key."""
+  node, done = config, []
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise errors.ConfigError(
+        f"--{name}.{key}: {name}.{'.'.join(done)} is a value, not a group of keys"
+      )
+    if part not in node:
+      group = ".".join([name, *done])
+      known = sorted(node.keys())
+      close = difflib.get_close_matches(part, known, n=1)
+      hint = f"; did you mean {group}.{close[0]}?" if close else ""
+      raise errors.ConfigError(
+        f"--{name}.{key}: unknown config key {group}.{part}{hint} "
+        f"(the keys of {group}: {', '.join(known)})"
+      )
+    node = node[part]
+    done.append(part)
+
+
+def check_config_args(argv: Sequence[str], name: str = "config", default: str | None = None):
+  """Checks the config file flag `--<name>=path[:arg]` and its `--<name>.<key>=...`
+  overrides in `argv` before absl parses them (ml_collections would end in a traceback).
+
+  Raises ConfigError naming the file or the key: see `load_config_file`; an unknown key
+  names the closest existing one. Values are checked by absl when it parses them.
+  """
+  value = _flag_value(argv, name)
+  if value is None:
+    value = default
+  if value is None:
+    return  # absl reports the missing flag
+  path, colon, arg = value.partition(":")
+  config = load_config_file(path, arg if colon else None)
+  for a in argv[1:]:
+    if a == "--":
+      break
+    m = re.match(rf"--?(no)?{re.escape(name)}\.([^=]+)", a)
+    if m:
+      check_key(config, m[2], name)

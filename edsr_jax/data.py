@@ -12,6 +12,7 @@ its own rows from it, so the batch is also the same whatever the number of proce
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -126,6 +127,11 @@ def _read_pair(layout: FolderLayout, hr_file: pathlib.Path, scales):
   hr = image_io.read_rgb(hr_file)
   lrs = {}
   for s in scales:
+    if min(hr.shape[:2]) < s:
+      raise errors.ImageError(
+        f"{hr_file}: {hr.shape[1]}x{hr.shape[0]} pixels is too small to train x{s} "
+        f"(at least {s}x{s} pixels; remove it from the folder)"
+      )
     lr_file = layout.lr_file(hr_file, s)
     if lr_file is None:
       lrs[s] = bicubic_lr(hr, s)
@@ -171,10 +177,25 @@ def _read_pair_cached(layout: FolderLayout, hr_file: pathlib.Path, scales, cache
     hr, lrs = _read_pair(layout, hr_file, scales)
     for k, array in [("hr", hr), *lrs.items()]:
       tmp = paths[k].with_suffix(f".tmp{os.getpid()}.npy")
-      np.save(tmp, array)
-      tmp.replace(paths[k])  # atomic: a killed run never leaves a half-written entry
+      try:
+        np.save(tmp, array)
+        tmp.replace(paths[k])  # atomic: a killed run never leaves a half-written entry
+      except OSError as e:
+        with contextlib.suppress(OSError):
+          tmp.unlink()
+        raise _cache_error(cache_dir, e) from None
   load = functools.partial(np.load, mmap_mode="r")
   return load(paths["hr"]), {s: load(paths[s]) for s in scales}
+
+
+def _cache_error(cache_dir, error: OSError) -> errors.ConfigError:
+  reason = error.strerror or errors.one_line(error)
+  if isinstance(error, FileExistsError | NotADirectoryError):
+    reason = "it (or a folder above it) exists and is not a folder"
+  return errors.ConfigError(
+    f"config.data.cache_dir={str(cache_dir)!r}: cannot write the decoded-image cache there: "
+    f"{reason} ({error.filename})"
+  )
 
 
 def load_folder(
@@ -189,7 +210,10 @@ def load_folder(
   layout = resolve_layout(path, split)
   files = image_io.list_images(layout.hr_dir)[:max_images]
   if cache_dir:
-    pathlib.Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    try:
+      pathlib.Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise _cache_error(cache_dir, e) from None
     pairs = _map(lambda f: _read_pair_cached(layout, f, scales, cache_dir), files)
   else:
     pairs = _map(lambda f: _read_pair(layout, f, scales), files)

@@ -6,6 +6,7 @@ Prints PSNR/SSIM of the model and of bicubic upscaling on the held-out images an
 `<workdir>/comparison.png` (LR | bicubic | model | ground truth crops, one row each).
 """
 
+import functools
 import json
 
 import jax
@@ -14,11 +15,12 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from edsr_jax import cli, data, image_io, inference, metrics, train
+from edsr_jax import cli, config_lib, data, image_io, inference, metrics, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/demo", "Directory for checkpoints, logs and pictures.")
-config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.", lock_config=True)
+DEFAULT_CONFIG = "configs/demo.py"
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Demo config file.", lock_config=True)
 
 
 def report(config, state, workdir: epath.Path) -> dict:
@@ -65,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, functools.partial(config_lib.check_config_args, default=DEFAULT_CONFIG))

@@ -2,9 +2,12 @@
 
 A `UserError` says what was wrong with what the user gave (a config value, an image, a
 checkpoint, a weights file, a flag) and how to fix it, in one message. Command-line tools
-print it as one `<tool>: error: <message>` line (`edsr_jax.cli.run`); any other exception
-is a bug and keeps its traceback. The subclasses also derive from the built-in error they
-always were (ValueError, FloatingPointError), so existing `except` clauses still hold.
+print it as one `error: <message>` line (`edsr_jax.cli.run`); any other exception is a bug
+and keeps its traceback. The subclasses also derive from the built-in error they always
+were (ValueError, FloatingPointError), so existing `except` clauses still hold.
+
+`Preempted` is not an error: training stopped by SIGTERM or Ctrl-C after saving a
+checkpoint, to be resumed (command-line tools exit with status 75 then).
 """
 
 
@@ -40,6 +43,20 @@ class WeightsError(UserError, ValueError):
 
 class DivergedError(UserError, FloatingPointError):
   """Training stopped because its loss or gradients stayed non-finite."""
+
+
+class Preempted(Exception):
+  """Training stopped by a signal (SIGTERM, Ctrl-C) after saving a checkpoint.
+
+  `step` is the step saved, `checkpoint` its directory and `signal_name` the signal
+  ('SIGTERM', 'SIGINT'). Running the same training again resumes from that checkpoint.
+  """
+
+  def __init__(self, signal_name: str, step: int, checkpoint):
+    super().__init__(
+      f"stopped by {signal_name} at step {step}: saved {checkpoint}; run the same command to resume"
+    )
+    self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
 
 
 def one_line(error: BaseException, *, innermost: bool = False) -> str:

@@ -126,7 +126,13 @@ def score_dataset(
 
   def report(row, lr, bicubic, sr, hr):
     if save_dir is not None:
-      image_io.write_image(save_dir / image_io.SR_PATTERN.format(name=row["name"], scale=scale), sr)
+      target = save_dir / image_io.SR_PATTERN.format(name=row["name"], scale=scale)
+      try:
+        image_io.write_image(target, sr)
+      except OSError as e:
+        raise errors.UserError(
+          f"--save_images: cannot write {target}: {e.strerror or errors.one_line(e)}"
+        ) from None
     done.append(row["name"])
     cli.log(
       f"{name} x{scale} [{len(done)}/{len(images)}] {row['name']}: "
@@ -191,6 +197,9 @@ def run() -> dict:
     roots = {
       name: dataset_root(benchmark_dir, name) for name in FLAGS.datasets if not _from_tfds(name)
     }
+  save_images = pathlib.Path(FLAGS.save_images) if FLAGS.save_images else None
+  if save_images is not None and save_images.exists() and not save_images.is_dir():
+    raise errors.UserError(f"--save_images {save_images} exists and is not a folder")
   upscaler = inference.load(FLAGS.checkpoint)
   scales = parse_scales(FLAGS.scales, upscaler.scales)
   cli.log(
@@ -215,9 +224,7 @@ def run() -> dict:
       raise type(e)(f"dataset {name}: {e}") from None
     convention = "div2k" if name == DIV2K else "benchmark"
     for s in scales:
-      save_dir = None
-      if FLAGS.save_images:
-        save_dir = pathlib.Path(FLAGS.save_images) / name / f"x{s}"
+      save_dir = None if save_images is None else save_images / name / f"x{s}"
       results.setdefault(name, {})[f"x{s}"] = score_dataset(
         upscaler,
         name,

@@ -13,9 +13,12 @@ flips/transposes (training augmentation and the self-ensemble), and `SRImages`, 
 of decoded HR images with their LR versions.
 """
 
+import contextlib
 import dataclasses
+import errno
 import os
 import pathlib
+import stat
 
 import numpy as np
 from PIL import Image
@@ -72,6 +75,10 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     raise errors.ImageError(f"{path}: no such file") from None
   except IsADirectoryError:
     raise errors.ImageError(f"{path}: a folder, not an image file") from None
+  except Image.UnidentifiedImageError:
+    raise errors.ImageError(
+      f"{path}: not a readable image (its contents are in no image format Pillow reads)"
+    ) from None
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise errors.ImageError(
       f"{path}: not a readable image (cannot read image data: {errors.one_line(e)})"
@@ -85,22 +92,64 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
-  """Writes a uint8 (H, W, 3) or (H, W) array; the format follows the file extension."""
+  """Writes a uint8 (H, W, 3) or (H, W) array; the format follows the file extension.
+
+  Creates the folder if needed. OSError (a read-only or full disk) is left to the caller,
+  which knows which flag the path came from; nothing half-written is left behind.
+  """
   image = np.asarray(image)
   if image.dtype != np.uint8:
     raise ValueError(f"{path}: write_image takes uint8, got {image.dtype}")
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(image).save(path)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  # Written beside it and renamed: a full disk or Ctrl-C never leaves a half-written file.
+  tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+  try:
+    Image.fromarray(image).save(tmp)
+    tmp.replace(path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      tmp.unlink()
+    raise
 
 
-def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
-  """The image files directly in `folder`, sorted by name; an error if there are none."""
+def scan_images(folder: str | os.PathLike) -> tuple[list[pathlib.Path], list[str]]:
+  """(the image files directly in `folder`, sorted by name; problems with entries that
+  are named as images but cannot be read: broken symbolic links, link loops).
+
+  Raises ImageError if `folder` is not a folder.
+  """
   folder = pathlib.Path(folder)
   if not folder.is_dir():
     raise errors.ImageError(f"{folder}: not a folder")
-  files = sorted(
-    p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-  )
+  files, problems = [], []
+  for p in sorted(folder.iterdir()):
+    if p.suffix.lower() not in IMAGE_EXTENSIONS:
+      continue
+    try:
+      if stat.S_ISREG(p.stat().st_mode):  # follows symbolic links
+        files.append(p)
+    except FileNotFoundError:
+      problems.append(f"{p}: a broken symbolic link (to {os.readlink(p)}, which does not exist)")
+    except OSError as e:
+      if e.errno == errno.ELOOP:
+        problems.append(f"{p}: a symbolic link loop ({e.strerror})")
+      else:
+        problems.append(f"{p}: cannot be read: {e.strerror or errors.one_line(e)}")
+  return files, problems
+
+
+def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
+  """The image files directly in `folder`, sorted by name.
+
+  An error if there are none, or if an entry named as an image is a broken symbolic link
+  or a link loop (the error names it: it would otherwise be silently left out).
+  """
+  files, problems = scan_images(folder)
+  if problems:
+    raise errors.ImageError(
+      problems[0] + (f" (and {len(problems) - 1} more)" if problems[1:] else "")
+    )
   if not files:
     raise errors.ImageError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it")
   return files

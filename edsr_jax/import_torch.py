@@ -28,6 +28,7 @@ checkpoints) end the run with a one-line message and exit status 1.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 
 import jax
@@ -153,7 +154,10 @@ def convert(
     )
   except errors.WeightsError as e:
     raise _as_flag(e) from None
-  torch_weights.check_state_dict(state, arch)
+  try:
+    torch_weights.check_state_dict(state, arch)
+  except errors.WeightsError as e:
+    raise errors.WeightsError(f"{input_path}: {e}") from None
   source = "--res_scale"
   if res_scale is None:
     res_scale = torch_weights.default_res_scale(arch)
@@ -175,11 +179,7 @@ def convert(
   train_state = jax.jit(lambda p: train.new_train_state(p, tx), out_shardings=replicated)(params)
 
   ckpt_dir = checkpoint.checkpoint_dir(output)
-  if existing:  # --overwrite: training resumes from the latest step, so clear them all
-    shutil.rmtree(ckpt_dir)
-  manager = checkpoint.make_manager(output)
-  checkpoint.save(manager, 0, train_state, config)
-  manager.close()
+  _write_checkpoint(output, train_state, config, replace=bool(existing))
   return {
     "arch": arch,
     "res_scale": float(res_scale),
@@ -187,6 +187,52 @@ def convert(
     "num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
     "checkpoint_dir": str(ckpt_dir / "0"),
   }
+
+
+def _write_checkpoint(output: str, train_state, config, *, replace: bool) -> None:
+  """Writes `<output>/checkpoints/0` through a temporary folder beside `output`.
+
+  The checkpoint is saved into `.<name>.import-tmp-*` in `output`'s parent and renamed
+  into place once complete; on any failure (a full or read-only disk, Ctrl-C) the
+  temporary folder is removed, so nothing is left that would block the same command
+  once the problem is fixed. `replace`: swap out `<output>/checkpoints` (--overwrite).
+  """
+  target = os.path.abspath(output)
+  parent, name = os.path.split(target)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.import-tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    os.mkdir(tmp)
+  except OSError as e:
+    raise errors.CheckpointError(
+      f"cannot write --output={output}: {e.strerror or errors.one_line(e)} ({e.filename})"
+    ) from None
+  try:
+    manager = checkpoint.make_manager(tmp)
+    try:
+      checkpoint.save(manager, 0, train_state, config)
+    finally:
+      manager.close()
+    if not os.path.exists(target):
+      os.rename(tmp, target)
+      return
+    if replace:  # --overwrite: training resumes from the latest step, so clear them all
+      shutil.rmtree(checkpoint.checkpoint_dir(target))
+    os.rename(checkpoint.checkpoint_dir(tmp), checkpoint.checkpoint_dir(target))
+  except errors.CheckpointError as e:
+    cause = e.__cause__ or e
+    reason = checkpoint.os_error(cause)
+    detail = errors.one_line(cause, innermost=True)
+    raise errors.CheckpointError(
+      f"cannot write --output={output}: {f'{reason} ({detail})' if reason else detail}; "
+      "nothing was written there"
+    ) from e
+  except OSError as e:
+    raise errors.CheckpointError(
+      f"cannot write --output={output}: {e.strerror or errors.one_line(e)} ({e.filename})"
+    ) from e
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _as_flag(error: errors.WeightsError) -> errors.WeightsError:

@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from edsr_jax import errors
 from edsr_jax.image_io import SRImages
 from edsr_jax.imresize import imresize
 
@@ -230,14 +231,19 @@ def evaluate_pair(
 
   Args:
     sr: super-resolved image, uint8 or float on 0..255 (quantised with `quantize`).
-    hr: ground truth. If larger than `sr`, its top-left corner of `sr`'s size is used
-      (modcrop); it must not be smaller than `sr` in either dimension.
+    hr: ground truth, of `sr`'s size or larger by less than `scale` pixels in height
+      and width (the model's output for an LR image of HR // scale pixels); then its
+      top-left corner of `sr`'s size is used (modcrop).
     scale: the upscaling factor; sets the border.
     convention: "benchmark" (Y PSNR and SSIM, border `scale`) or "div2k" (RGB PSNR,
       border `scale + 6`; SSIM on Y with the same border).
 
   Returns:
     {"psnr": dB (inf for identical images), "ssim": float}.
+
+  Raises:
+    ValueError: a bad convention or scale; `errors.ImageError` (a ValueError) naming both
+      sizes when `sr` is not the size of `hr` up to that crop.
   """
   if convention not in CONVENTIONS:
     raise ValueError(f"unknown convention {convention!r}; allowed: {', '.join(CONVENTIONS)}")
@@ -246,7 +252,16 @@ def evaluate_pair(
   sr = _check_image(sr, "sr")
   hr = _check_image(hr, "hr")
   if sr.shape[0] > hr.shape[0] or sr.shape[1] > hr.shape[1]:
-    raise ValueError(f"sr shape {sr.shape} is larger than hr shape {hr.shape}")
+    raise errors.ImageError(f"sr shape {sr.shape} is larger than hr shape {hr.shape}")
+  (h, w), (hr_h, hr_w) = sr.shape[:2], hr.shape[:2]
+  if hr_h - h >= scale or hr_w - w >= scale:
+    expected = f"the HR size ({hr_w}x{hr_h})"
+    if hr_w % scale or hr_h % scale:
+      expected += f", or down to {hr_w - hr_w % scale}x{hr_h - hr_h % scale} (HR cropped to a "
+      expected += "multiple of the scale)"
+    raise errors.ImageError(
+      f"SR size {w}x{h} does not match HR size {hr_w}x{hr_h} at x{scale}: expected {expected}"
+    )
   hr = crop_to(hr, sr.shape[0], sr.shape[1])
   if convention == "benchmark":
     border = int(scale)

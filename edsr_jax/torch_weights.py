@@ -222,7 +222,8 @@ def _listing(keys, limit: int = 12) -> str:
 
 
 def check_state_dict(state: Mapping[str, np.ndarray], arch: Architecture) -> None:
-  """Exactly the official keys and shapes of `arch`, float tensors, standard mean shift."""
+  """Exactly the official keys and shapes of `arch`, finite float tensors, standard mean
+  shift."""
   expected = expected_shapes(arch)
   missing = [k for k in expected if k not in state]
   unexpected = [k for k in state if k not in expected]
@@ -239,6 +240,15 @@ def check_state_dict(state: Mapping[str, np.ndarray], arch: Architecture) -> Non
   for key in expected:
     if state[key].dtype.kind != "f":
       raise errors.WeightsError(f"{key} has dtype {state[key].dtype}, not floating point")
+  for key in expected:
+    values = np.asarray(state[key])
+    nan, inf = int(np.isnan(values).sum()), int(np.isinf(values).sum())
+    if nan or inf:
+      found = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n)
+      raise errors.WeightsError(
+        f"tensor {key} holds {found} value(s) of {values.size}: these weights are not finite "
+        "(saved from a diverged training?) and would give a broken network"
+      )
   _check_mean_shift(state)
 
 

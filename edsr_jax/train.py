@@ -6,6 +6,7 @@ all-reduce. The loop never waits on the device except to fetch logged metrics ev
 `log_every_steps`; the state is donated to each step; input is prepared ahead.
 """
 
+import contextlib
 import functools
 import signal
 import threading
@@ -22,7 +23,17 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from edsr_jax import checkpoint, config_lib, data, errors, inference, metrics, models, optim
+from edsr_jax import (
+  checkpoint,
+  config_lib,
+  data,
+  errors,
+  inference,
+  metrics,
+  models,
+  optim,
+  workdir_lock,
+)
 
 DATA_AXIS = "data"
 
@@ -145,18 +156,33 @@ def _write_validation(writer, step, upscaler, val_images, scales, config):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains (resuming from the latest checkpoint in `workdir`) and validates periodically."""
-  # Deferred: CLU's writers import TensorFlow (seconds); tools that only need TrainState
-  # skip it.
-  from clu import metric_writers, periodic_actions
+  """Trains (resuming from the latest checkpoint in `workdir`) and validates periodically.
 
+  Returns the final TrainState once `config.num_train_steps` is reached. If the workdir's
+  checkpoint is already at or past it, nothing is trained: a warning says so and the
+  restored state is returned.
+
+  The config and the data are checked first, before anything is written. The run then
+  holds the workdir's lock (`edsr_jax.workdir_lock`; a busy workdir raises
+  `WorkdirBusyError`), released when this function returns or raises.
+
+  Stopping early: in a single process, SIGTERM and a first Ctrl-C (SIGINT) let the step
+  in flight finish, save a checkpoint of that step and raise `errors.Preempted` (its
+  `step` and `checkpoint` say what was saved; calling this again with the same config
+  and workdir resumes there, bitwise as if never stopped). It is raised rather than
+  returned so that what follows the call (in a notebook cell, a script) does not run on
+  an unfinished model; the command-line tools turn it into exit status 75. A second
+  Ctrl-C raises KeyboardInterrupt at once, without saving. The previous SIGTERM and
+  SIGINT handlers are restored before returning. With several processes, SIGTERM goes
+  through JAX's preemption sync: every process saves the same step and raises Preempted.
+  """
   config_lib.validate(config, jax.device_count())
   workdir = checkpoint.absolute(workdir)  # relative to the current directory; gs:// as is
-  workdir.mkdir(parents=True, exist_ok=True)
   is_chief = jax.process_index() == 0
   scales = models.model_scales(config.model)
 
-  # Data first: a bad folder or a patch larger than an image fails before compiling.
+  # Data first: a bad folder or a patch larger than an image fails before anything is
+  # written or compiled.
   train_images = data.load_train_images(config, scales)
   sampler = data.PatchSampler(
     train_images,
@@ -174,46 +200,78 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     len(train_images),
     0 if val_images is None else len(val_images),
   )
+  with workdir_lock.acquire(workdir, is_chief=is_chief):
+    if workdir_lock.is_remote(workdir):
+      workdir.mkdir(parents=True, exist_ok=True)
+    return _train(config, workdir, scales, sampler, val_images)
 
-  mesh = make_mesh()
-  model = models.create_model(config.model, jnp.dtype(config.model.dtype))
-  tx = make_optimizer(config)
-  schedule = learning_rate_schedule(config)
-  state = create_train_state(config, model, tx, mesh, jax.random.key(config.seed))
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info("model %s: %d parameters", config.model.name, num_params)
 
-  manager = checkpoint.make_manager(workdir, config.max_checkpoints_to_keep)
-  if manager.latest_step() is not None:
-    state = checkpoint.resume(manager, state, config)
-    logging.info("resumed from %s at step %d", manager.directory, int(state.step))
-  elif config.init_from:
-    state = checkpoint.init_from(state, config.init_from, tx, mesh)
-    logging.info("initialised all but the upsampler from %s", config.init_from)
-  start_step = int(state.step)
-  if is_chief:
-    (workdir / "config.json").write_text(config.to_json(indent=2))
+def _train(config, workdir, scales, sampler, val_images) -> TrainState:
+  is_chief = jax.process_index() == 0
+  with contextlib.ExitStack() as cleanup:  # closes what is opened below, on every way out
+    manager = checkpoint.make_manager(workdir, config.max_checkpoints_to_keep)
+    # An open manager torn down at exit prints "Event loop is closed" tracebacks.
+    cleanup.callback(manager.close)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-  if start_step == 0:
-    writer.write_hparams(
-      {
-        k: v
-        for k, v in config_lib.flatten(config).items()
-        if isinstance(v, int | float | str | bool)
-      }
+    mesh = make_mesh()
+    model = models.create_model(config.model, jnp.dtype(config.model.dtype))
+    tx = make_optimizer(config)
+    schedule = learning_rate_schedule(config)
+    state = create_train_state(config, model, tx, mesh, jax.random.key(config.seed))
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info("model %s: %d parameters", config.model.name, num_params)
+    if manager.latest_step() is not None:
+      state = checkpoint.resume(manager, state, config)
+      logging.info("resumed from %s at step %d", manager.directory, int(state.step))
+    elif config.init_from:
+      try:
+        state = checkpoint.init_from(state, config.init_from, tx, mesh)
+      except errors.CheckpointError as e:
+        raise errors.CheckpointError(f"config.init_from={config.init_from!r}: {e}") from None
+      logging.info("initialised all but the upsampler from %s", config.init_from)
+    start_step = int(state.step)
+    if start_step >= config.num_train_steps:
+      logging.warning(
+        "nothing to train: already at step %d >= num_train_steps=%d (checkpoints in %s); "
+        "raise --config.num_train_steps to train longer",
+        start_step,
+        config.num_train_steps,
+        manager.directory,
+      )
+      return state
+
+    # Deferred: CLU's writers import TensorFlow (seconds); loaded once the data and the
+    # checkpoint are known to be good, and never by tools that only need TrainState.
+    from clu import metric_writers, periodic_actions
+
+    if is_chief:
+      config_file = workdir / "config.json"
+      try:
+        config_file.write_text(config.to_json(indent=2))
+      except OSError as e:
+        raise errors.CheckpointError(f"cannot write {config_file}: {errors.one_line(e)}") from e
+
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    cleanup.callback(writer.close)
+    if start_step == 0:
+      writer.write_hparams(
+        {
+          k: v
+          for k, v in config_lib.flatten(config).items()
+          if isinstance(v, int | float | str | bool)
+        }
+      )
+    report = periodic_actions.ReportProgress(
+      num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps
     )
-  report = periodic_actions.ReportProgress(
-    num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps
-  )
 
-  step_fn = make_train_step(model, tx, mesh)
-  # Validation runs the network as inference does (tiled: bounded memory on large images)
-  # with the current parameters, set before each use (the state is donated to each step).
-  upscaler = inference.Upscaler(config, params=None)
-  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
-  preemption = PreemptionWatch()
-  try:
+    step_fn = make_train_step(model, tx, mesh)
+    # Validation runs the network as inference does (tiled: bounded memory on large images)
+    # with the current parameters, set before each use (the state is donated to each step).
+    upscaler = inference.Upscaler(config, params=None)
+    batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+    preemption = PreemptionWatch()
+    cleanup.callback(preemption.close)  # SIGTERM and SIGINT back to their previous handlers
     pending = []  # per-step metrics (device arrays) since the last log
     batches = data.prefetch_batches(
       sampler,
@@ -245,18 +303,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         with report.timed("eval"):
           upscaler.params = state.params
           _write_validation(writer, done, upscaler, val_images, scales, config)
-      if done % config.checkpoint_every_steps == 0 or is_last:
+      # Asked at every step: with several processes, this is where they agree to stop.
+      stop = preemption.reached(done) and not is_last
+      if done % config.checkpoint_every_steps == 0 or is_last or stop:
         checkpoint.save(manager, done, state, config)
-      elif preemption.reached(done):
-        checkpoint.save(manager, done, state, config)
-        logging.warning(
-          "preempted: saved a checkpoint at step %d; run the same command again to resume", done
-        )
-        break
-  finally:
-    preemption.close()  # give SIGTERM back to whoever had it (e.g. a notebook)
-    writer.flush()
-  return state
+      if stop:
+        raise errors.Preempted(preemption.signal_name, done, manager.directory / str(done))
+    return state
 
 
 def _log_train_metrics(writer, step: int, metrics: list[dict], learning_rate: float):
@@ -269,29 +322,39 @@ def _log_train_metrics(writer, step: int, metrics: list[dict], learning_rate: fl
 
 
 class PreemptionWatch:
-  """Notices SIGTERM (what a preempted VM or a cluster scheduler sends).
+  """Notices SIGTERM (what a preempted VM or a cluster scheduler sends) and Ctrl-C.
 
-  With several processes JAX's coordination service receives the signal and
-  `reached_preemption_sync_point` makes every process agree on the step to stop at. A
-  single process installs its own handler, restored by `close()`.
+  With several processes JAX's coordination service receives SIGTERM and
+  `reached_preemption_sync_point` makes every process agree on the step to stop at
+  (SIGINT keeps Python's default there). A single process installs its own handlers for
+  both, restored by `close()`: the first signal is noted for `reached`; a Ctrl-C after it
+  raises KeyboardInterrupt at once (the user does not want to wait for the save).
   """
 
   def __init__(self):
-    self._signalled = False
-    self._previous = None
+    self.signal_name: str | None = None
+    self._previous = {}
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._on_signal)
 
   def _on_signal(self, signum, frame):
-    del signum, frame
-    self._signalled = True
+    del frame
+    if signum == signal.SIGINT and self.signal_name is not None:
+      self.close()
+      raise KeyboardInterrupt
+    self.signal_name = self.signal_name or signal.Signals(signum).name
 
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self._signalled
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signal_name = self.signal_name or "SIGTERM"
+        return True
+      return False
+    return self.signal_name is not None
 
   def close(self):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    previous, self._previous = self._previous, {}
+    for sig, handler in previous.items():
+      # None: the handler was not installed from Python; the default is the best guess.
+      signal.signal(sig, signal.SIG_DFL if handler is None else handler)

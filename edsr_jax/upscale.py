@@ -19,7 +19,8 @@ Errors: a problem with the checkpoint or the flags, or two inputs that would wri
 same output file, stops the run before any image is processed. A bad input (a missing
 path, a folder without images, an unreadable image) does not: the other images are
 still upscaled and written, then every bad input is reported on its own line
-(`upscale: error: <path>: <problem>`) and the exit status is 1.
+(`error: <path>: <problem>`) and the exit status is 1. A result that cannot be written
+(a read-only or full disk) stops the run at once.
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ def collect_inputs(args: list[str]) -> tuple[list[pathlib.Path], list[str]]:
   for arg in args:
     path = pathlib.Path(arg)
     if path.is_dir():
-      try:
-        files += image_io.list_images(path)
-      except errors.ImageError as e:
-        problems.append(str(e))
+      found, broken = image_io.scan_images(path)
+      files += found
+      problems += broken
+      if not found and not broken:
+        problems.append(f"{path}: no image files ({', '.join(image_io.IMAGE_EXTENSIONS)}) in it")
     elif path.exists():
       files.append(path)
     else:
@@ -112,7 +114,13 @@ def main(argv: list[str]) -> int:
       cli.log(f"[{i}/{len(files)}] {source}: skipped (unreadable)")
       continue
     sr = upscaler.upscale(lr, scale, self_ensemble=FLAGS.self_ensemble, tile_size=FLAGS.tile_size)
-    image_io.write_image(target, sr)
+    try:
+      image_io.write_image(target, sr)
+    except OSError as e:
+      raise errors.UserError(
+        f"--output_dir {output_dir}: cannot write {target}: {e.strerror or errors.one_line(e)}"
+        f" ({written} image(s) written before)"
+      ) from None
     written += 1
     cli.log(
       f"[{i}/{len(files)}] {source} ({lr.shape[1]}x{lr.shape[0]}) -> {target} "

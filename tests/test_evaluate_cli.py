@@ -155,6 +155,6 @@ def test_missing_dataset_is_named_with_those_present(benchmark_dir, tmp_path):
   assert proc.returncode == 1
   assert "Traceback" not in proc.stderr
   message = proc.stderr.strip().splitlines()[-1]
-  assert message.startswith("evaluate: error: dataset Urban100")
+  assert message.startswith("error: dataset Urban100")
   assert str(benchmark_dir / "Urban100") in message
   assert "DIV2K, Set5" in message

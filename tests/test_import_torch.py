@@ -76,7 +76,7 @@ def assert_cli_error(proc, *fragments):
   assert proc.returncode == 1, proc.stdout + proc.stderr
   assert "Traceback" not in proc.stderr, proc.stderr
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("import_torch: error: "), proc.stderr
+  assert last.startswith("error: "), proc.stderr
   for fragment in fragments:
     assert str(fragment) in last, (fragment, last)
 

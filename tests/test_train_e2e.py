@@ -182,7 +182,7 @@ def test_a_failed_save_stops_the_run_at_its_step_and_keeps_earlier_checkpoints(t
   assert "Traceback" not in result.stderr
   lines = [line for line in result.stderr.splitlines() if "error:" in line]
   assert len(lines) == 1, result.stderr[-3000:]
-  assert lines[0].startswith(f"main: error: cannot save checkpoint {ckpt / '10'} (")
+  assert lines[0].startswith(f"error: cannot save checkpoint {ckpt / '10'} (")
   assert f"the checkpoints already in {ckpt} are kept" in lines[0]
   # The run stopped at that step: it resumed at 5 and logged steps 6-10, nothing after.
   (events,) = set(workdir.glob("events.out.tfevents.*")) - first_events

@@ -37,7 +37,7 @@ def run_upscale(*args):
 
 
 def error_lines(proc):
-  return [line for line in proc.stderr.splitlines() if line.startswith("upscale: error:")]
+  return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
 
 
 def test_files_folders_modes_and_bad_inputs(workdir, tmp_path):
