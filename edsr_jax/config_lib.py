@@ -58,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.source = "folder"
   # HR image folder, or a root in the DIV2K / benchmark layout (`HR/` + `LR_bicubic/X<s>/`).
+  # train_dir may name several, separated by commas (`T91,BSD200`): all their images train.
   c.data.train_dir = ""
   c.data.val_dir = ""
   # data.source='tfds': the div2k builder config; {scale} is each model scale (MDSR: x2-x4).
@@ -163,6 +164,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   need(d.source in DATA_SOURCES, "data.source", f"one of {DATA_SOURCES}")
   if d.source == "folder":
     need(bool(d.train_dir), "data.train_dir", "a folder path (data.source='folder')")
+    need(
+      isinstance(d.train_dir, str) and all(part.strip() for part in d.train_dir.split(",")),
+      "data.train_dir",
+      "a folder, or several separated by commas with none of them empty",
+    )
   if d.source == "tfds":
     tfds_names(d.tfds_name, (m.scale,) if m.name == "edsr" else tuple(m.scales))
   need(d.val_convention in ("benchmark", "div2k"), "data.val_convention", "'benchmark' or 'div2k'")
