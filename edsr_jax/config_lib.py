@@ -34,6 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.adam_b1 = 0.9
   c.adam_b2 = 0.999
   c.adam_eps = 1e-8
+  # An exponential moving average of the parameters (BasicSR's ema_decay, e.g. 0.999),
+  # updated after every step and used by validation, `evaluate`, `upscale` and
+  # `inference.load`; 0 = none (the state and checkpoints then hold no EMA).
+  c.ema_decay = 0.0
   c.log_every_steps = 100
   c.eval_every_steps = 5_000
   c.checkpoint_every_steps = 5_000
@@ -137,7 +141,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     v = config[key]
     need(isinstance(v, int | float) and math.isfinite(v) and v > 0, key, "a finite number > 0")
   need(0 < config.lr_decay_factor <= 1, "lr_decay_factor", "a number in (0, 1]")
-  for key in ("adam_b1", "adam_b2"):
+  for key in ("adam_b1", "adam_b2", "ema_decay"):
     need(0 <= config[key] < 1, key, "a number in [0, 1)")
 
   m = config.model
