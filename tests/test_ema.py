@@ -2,14 +2,27 @@
 step, saved and resumed with the state, and used by validation and inference."""
 
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from edsr_jax import checkpoint, config_lib, errors, inference, models, train
+from edsr_jax import (
+  checkpoint,
+  config_lib,
+  data,
+  errors,
+  image_io,
+  inference,
+  metrics,
+  models,
+  train,
+)
 
 ROOT = pathlib.Path(__file__).parent.parent
 
@@ -174,3 +187,59 @@ def test_ema_decay_outside_0_1_is_refused(value):
   c = tiny(value)
   with pytest.raises(errors.ConfigError, match=r"config.ema_decay=.* is invalid: allowed a number"):
     config_lib.validate(c)
+
+
+def _tool(module, *args):
+  return subprocess.run(
+    [sys.executable, "-m", f"edsr_jax.{module}", *map(str, args)],
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+
+
+def test_upscale_and_evaluate_use_the_ema_and_say_so(ema_run, shared_data, tmp_path):
+  straight, _, _, _ = ema_run
+  lr = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+  image_io.write_image(tmp_path / "in.png", lr)
+  result = _tool("upscale", f"--checkpoint={straight}", f"--output_dir={tmp_path}", tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "params=ema)" in result.stderr
+  np.testing.assert_array_equal(
+    image_io.read_rgb(tmp_path / "in_x2_SR.png"), inference.load(straight).upscale(lr)
+  )
+  result = _tool(
+    "evaluate",
+    f"--checkpoint={straight}",
+    f"--benchmark_dir={shared_data / 'benchmark'}",
+    "--datasets=Set5",
+    "--max_images=1",
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "params=ema)" in result.stderr
+  assert "EDSR (step 4, EMA)" in result.stdout
+
+
+def test_demo_reports_the_ema(tmp_path):
+  result = _tool(
+    "demo",
+    "--config=configs/demo.py",
+    f"--workdir={tmp_path}",
+    "--config.model.num_blocks=1",
+    "--config.model.num_features=8",
+    "--config.patch_size=16",
+    "--config.batch_size=4",
+    "--config.num_train_steps=3",
+    "--config.data.demo_val_images=('chelsea',)",
+    "--config.ema_decay=0.9",
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "(the model's EMA parameters, config.ema_decay=0.9)" in result.stdout
+  assert "validation x2 (EMA parameters)" in result.stderr
+  reported = json.loads((tmp_path / "demo_results.json").read_text())
+  upscaler = inference.load(tmp_path)
+  assert upscaler.ema
+  means, _ = metrics.score(upscaler, data.load_val_images(upscaler.config, (2,)), 2, "benchmark")
+  assert reported["psnr"] == pytest.approx(means["psnr"], abs=1e-9)
