@@ -191,11 +191,18 @@ def check_same_model(saved_config, config, where: str) -> None:
     )
 
 
+def has_ema(config) -> bool:
+  """Whether the checkpoints of a run with `config` hold `ema_params` (ema_decay > 0)."""
+  return float(config.get("ema_decay", 0.0) or 0.0) > 0
+
+
 def resume(manager: ocp.CheckpointManager, state, config):
   """`state` restored from the latest checkpoint, which must hold `config`'s network.
 
   A checkpoint that cannot be read is an error naming it; it is kept, so that it can be
-  moved aside to resume from the one before.
+  moved aside to resume from the one before. An EMA of the parameters (config.ema_decay)
+  is restored with the state; one that config.ema_decay switches on starts at the
+  restored parameters, one it switches off is dropped.
   """
   latest = manager.directory / str(manager.latest_step())
   try:
@@ -203,10 +210,23 @@ def resume(manager: ocp.CheckpointManager, state, config):
   except Exception as e:  # orbax / tensorstore errors: name the checkpoint, keep it
     raise _unreadable(latest, manager.directory, e) from e
   check_same_model(saved_config, config, str(manager.directory.parent))
+  ema, saved_ema = getattr(state, "ema_params", None) is not None, has_ema(saved_config)
+  # Restored as the checkpoint holds it: with or without an EMA (train.EMATrainState).
+  target = state if saved_ema == ema else state.with_ema(0.5 if saved_ema else 0.0)
   try:
-    return restore_state(manager, state)
+    restored = restore_state(manager, target)
   except Exception as e:
     raise _unreadable(latest, manager.directory, e) from e
+  if saved_ema != ema:  # config.ema_decay switched on or off since that checkpoint
+    logging.warning(
+      "config.ema_decay=%s: %s",
+      config.ema_decay,
+      "the EMA of the parameters in the checkpoint is dropped"
+      if saved_ema
+      else "the EMA of the parameters starts here, from the resumed parameters",
+    )
+    restored = restored.with_ema(config.ema_decay)
+  return restored
 
 
 def _unreadable(step_dir, directory, error) -> errors.CheckpointError:
@@ -307,7 +327,7 @@ def read_config(step_dir: epath.Path) -> ml_collections.ConfigDict:
     ) from None
 
 
-def _restore_params(step_dir: epath.Path, model, scale: int):
+def _restore_params(step_dir: epath.Path, model, scale: int, item: str = "params"):
   if not (step_dir / "state").is_dir():
     raise errors.CheckpointError(f"{step_dir}: no state/ item (no parameters saved)")
   # Shapes and dtypes from the model; placement on this process's first device, never
@@ -325,14 +345,14 @@ def _restore_params(step_dir: epath.Path, model, scale: int):
       restored = checkpointer.restore(
         step_dir / "state",
         args=ocp.args.PyTreeRestore(
-          item={"params": abstract}, restore_args={"params": restore_args}, partial_restore=True
+          item={item: abstract}, restore_args={item: restore_args}, partial_restore=True
         ),
       )
   except Exception as e:  # orbax raises bare Exception for tensorstore failures
     raise errors.CheckpointError(
       f"{step_dir}/state: cannot restore the parameters: {what_failed(e)}"
     ) from None
-  params = restored["params"]
+  params = restored[item]
   bad = [
     jax.tree_util.keystr(k)
     for k, v in jax.tree_util.tree_leaves_with_path(params)
@@ -346,12 +366,30 @@ def _restore_params(step_dir: epath.Path, model, scale: int):
   return params
 
 
-def load_params(path: str | os.PathLike):
+def params_item(config, use_ema: bool | None, step_dir) -> str:
+  """Which parameters `load_params` reads: 'ema_params' or 'params'.
+
+  use_ema None: the EMA if the checkpoint has one (trained with config.ema_decay > 0).
+  """
+  if use_ema is None:
+    use_ema = has_ema(config)
+  if use_ema and not has_ema(config):
+    raise errors.CheckpointError(
+      f"{step_dir}: no EMA of the parameters in this checkpoint (trained with "
+      "config.ema_decay=0); load its parameters instead (use_ema=False or None)"
+    )
+  return "ema_params" if use_ema else "params"
+
+
+def load_params(path: str | os.PathLike, use_ema: bool | None = None):
   """(config, params, step directory) of the checkpoint that `path` names.
 
   Args:
     path: a training workdir (its latest finished checkpoint is used), its
       `checkpoints/` folder, or one step directory `<workdir>/checkpoints/<step>`.
+    use_ema: None: the EMA of the parameters if the run kept one (config.ema_decay > 0),
+      else the parameters; True: the EMA (an error if there is none); False: the
+      parameters themselves.
 
   Only the parameters are read (not the optimizer state), onto this process's first
   device. Raises CheckpointError naming the path: missing, no finished checkpoint, or
@@ -368,7 +406,9 @@ def load_params(path: str | os.PathLike):
       f"{step_dir}/config: the saved model config is not usable "
       f"({errors.one_line(e, innermost=True)}): model = {saved}"
     ) from None
-  return config, _restore_params(step_dir, model, scale), step_dir
+  item = params_item(config, use_ema, step_dir)
+  logging.info("%s: restoring %s", step_dir, "the EMA parameters" if item != "params" else item)
+  return config, _restore_params(step_dir, model, scale, item), step_dir
 
 
 def transfer_params(source, target, where: str):
@@ -407,4 +447,5 @@ def init_from(state, path: str, tx, mesh):
   _, source, _ = load_params(path)
   params = transfer_params(jax.device_get(source), jax.device_get(state.params), path)
   params = jax.device_put(params, NamedSharding(mesh, P()))
-  return state.replace(params=params, opt_state=tx.init(params))
+  state = state.replace(params=params, opt_state=tx.init(params))
+  return state.with_ema(getattr(state, "ema_decay", 0.0))  # any EMA starts at them too

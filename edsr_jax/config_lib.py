@@ -36,6 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.adam_b1 = 0.9
   c.adam_b2 = 0.999
   c.adam_eps = 1e-8
+  # An exponential moving average of the parameters (BasicSR's ema_decay, e.g. 0.999),
+  # updated after every step and used by validation, `evaluate`, `upscale` and
+  # `inference.load`; 0 = none (the state and checkpoints then hold no EMA).
+  c.ema_decay = 0.0
   c.log_every_steps = 100
   c.eval_every_steps = 5_000
   c.checkpoint_every_steps = 5_000
@@ -60,6 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.source = "folder"
   # HR image folder, or a root in the DIV2K / benchmark layout (`HR/` + `LR_bicubic/X<s>/`).
+  # train_dir may name several, separated by commas (`T91,BSD200`): all their images train.
   c.data.train_dir = ""
   c.data.val_dir = ""
   # data.source='tfds': the div2k builder config; {scale} is each model scale (MDSR: x2-x4).
@@ -138,7 +143,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     v = config[key]
     need(isinstance(v, int | float) and math.isfinite(v) and v > 0, key, "a finite number > 0")
   need(0 < config.lr_decay_factor <= 1, "lr_decay_factor", "a number in (0, 1]")
-  for key in ("adam_b1", "adam_b2"):
+  for key in ("adam_b1", "adam_b2", "ema_decay"):
     need(0 <= config[key] < 1, key, "a number in [0, 1)")
 
   m = config.model
@@ -165,6 +170,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   need(d.source in DATA_SOURCES, "data.source", f"one of {DATA_SOURCES}")
   if d.source == "folder":
     need(bool(d.train_dir), "data.train_dir", "a folder path (data.source='folder')")
+    need(
+      isinstance(d.train_dir, str) and all(part.strip() for part in d.train_dir.split(",")),
+      "data.train_dir",
+      "a folder, or several separated by commas with none of them empty",
+    )
   if d.source == "tfds":
     tfds_names(d.tfds_name, (m.scale,) if m.name == "edsr" else tuple(m.scales))
   need(d.val_convention in ("benchmark", "div2k"), "data.val_convention", "'benchmark' or 'div2k'")

@@ -224,12 +224,54 @@ def load_folder(
   )
 
 
+def load_folders(
+  paths: Sequence[str | os.PathLike],
+  scales: Sequence[int],
+  split: str = "train",
+  cache_dir: str = "",
+) -> SRImages:
+  """The images of several folders together (`config.data.train_dir=a,b`), in that order.
+
+  Each folder may have any layout `resolve_layout` knows. A name found in more than one
+  folder is prefixed with its folder's name (`T91/t1`; with the folder's full path if two
+  folders share a name), so that names stay unique. One folder is `load_folder`'s.
+  """
+  if len(paths) == 1:
+    return load_folder(paths[0], scales, split, cache_dir=cache_dir)
+  absolute = [os.path.abspath(p) for p in paths]
+  real = [os.path.realpath(p) for p in paths]
+  for i, path in enumerate(real):
+    if path in real[:i]:
+      raise errors.ConfigError(
+        f"config.data.train_dir names the folder {str(paths[i])!r} twice "
+        f"(as {str(paths[real.index(path)])!r} before): give each folder once"
+      )
+  sets = [load_folder(p, scales, split, cache_dir=cache_dir) for p in paths]
+  labels = [os.path.basename(p) for p in absolute]
+  if len(set(labels)) < len(labels):
+    labels = absolute
+  folders_of: dict[str, int] = {}  # name -> how many of the folders have it
+  for s in sets:
+    for name in set(s.names):
+      folders_of[name] = folders_of.get(name, 0) + 1
+  return SRImages(
+    [
+      f"{label}/{name}" if folders_of[name] > 1 else name
+      for label, s in zip(labels, sets, strict=True)
+      for name in s.names
+    ],
+    [hr for s in sets for hr in s.hr],
+    {scale: [lr for s in sets for lr in s.lr[scale]] for scale in scales},
+  )
+
+
 def load_train_images(config, scales) -> SRImages:
   if config.data.source == "demo":
     return load_demo(config.data.demo_train_images, scales)
   if config.data.source == "tfds":
     return tfds_data.load_for_config(config, scales, "train")
-  return load_folder(config.data.train_dir, scales, "train", cache_dir=config.data.cache_dir)
+  folders = [part.strip() for part in config.data.train_dir.split(",")]  # several: a,b,c
+  return load_folders(folders, scales, "train", cache_dir=config.data.cache_dir)
 
 
 def load_val_images(config, scales) -> SRImages | None:

@@ -237,7 +237,8 @@ def run() -> dict:
       )
 
   step = pathlib.Path(upscaler.source).name
-  label = f"{upscaler.config.model.name.upper()}{'+' if FLAGS.self_ensemble else ''} (step {step})"
+  label = f"{upscaler.config.model.name.upper()}{'+' if FLAGS.self_ensemble else ''} (step {step}"
+  label += ", EMA)" if upscaler.ema else ")"
   print(format_table(results, label))
   if FLAGS.output_json:
     out = pathlib.Path(FLAGS.output_json)

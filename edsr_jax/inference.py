@@ -162,11 +162,18 @@ class Upscaler:
   """A restored network: `upscale(image)` runs it on whole images of any size."""
 
   def __init__(
-    self, config: ml_collections.ConfigDict, params, *, dtype=None, source: str | None = None
+    self,
+    config: ml_collections.ConfigDict,
+    params,
+    *,
+    dtype=None,
+    source: str | None = None,
+    ema: bool = False,
   ):
     self.config = config
     self.params = params
     self.source = source
+    self.ema = ema  # `params` is the EMA of the trained parameters (config.ema_decay)
     dtype = jnp.dtype(config.model.dtype if dtype is None else dtype)
     self.model = models.create_model(config.model, dtype)
     self.scales = models.model_scales(config.model)
@@ -179,7 +186,7 @@ class Upscaler:
     m = self.config.model
     return (
       f"Upscaler({m.name}, scales={self.scales}, blocks={m.num_blocks}, "
-      f"features={m.num_features}, from={self.source!r})"
+      f"features={m.num_features}, from={self.source!r}, params={'ema' if self.ema else 'raw'})"
     )
 
   def resolve_scale(self, scale: int | None) -> int:
@@ -292,17 +299,21 @@ class Upscaler:
 # ------------------------------------------------------------------ loading
 
 
-def load(path: str | os.PathLike, dtype=None) -> Upscaler:
+def load(path: str | os.PathLike, dtype=None, use_ema: bool | None = None) -> Upscaler:
   """Restores the network of a checkpoint for inference (`checkpoint.load_params`).
 
   Args:
     path: a training workdir (its latest finished checkpoint is used), its
       `checkpoints/` folder, or one step directory `<workdir>/checkpoints/<step>`.
     dtype: compute dtype; default the one the model was trained with.
+    use_ema: None: the EMA of the parameters if the run kept one (config.ema_decay > 0),
+      else the parameters; False: the parameters themselves; True: the EMA, an error if
+      there is none. `Upscaler.ema` and its repr say which it holds.
 
   Raises:
     CheckpointError: (a ValueError) naming the path: missing, no finished checkpoint,
       or unreadable / corrupt files.
   """
-  config, params, step_dir = checkpoint.load_params(path)
-  return Upscaler(config, params, dtype=dtype, source=str(step_dir))
+  config, params, step_dir = checkpoint.load_params(path, use_ema)
+  ema = checkpoint.params_item(config, use_ema, step_dir) == "ema_params"
+  return Upscaler(config, params, dtype=dtype, source=str(step_dir), ema=ema)

@@ -46,11 +46,48 @@ class TrainState:
   # Consecutive steps skipped for a non-finite loss or gradient (0 after a good step).
   nonfinite_streak: jax.Array
 
+  def with_ema(self, decay: float) -> "TrainState":
+    """This state with a new EMA of the parameters, starting at them; decay 0: no EMA."""
+    fields = (self.step, self.params, self.opt_state, self.nonfinite_streak)
+    if not decay:
+      return TrainState(*fields)
+    return EMATrainState(*fields, jax.tree.map(jnp.copy, self.params), float(decay))
 
-def new_train_state(params, tx) -> TrainState:
-  """Step 0 with fresh optimizer state."""
+
+@flax.struct.dataclass
+class EMATrainState(TrainState):
+  """A TrainState that also carries an exponential moving average of the parameters.
+
+  With config.ema_decay > 0 (as BasicSR's `ema_decay`), after each finite step
+  `ema = decay * ema + (1 - decay) * params` for the parameters that step updated.
+  Validation, the demo's report and every tool that loads a checkpoint use the EMA. With
+  ema_decay = 0 a run's state is a plain TrainState: its checkpoints and its compiled
+  train step are exactly those of a run before EMA existed.
+  """
+
+  ema_params: Any = None  # float32, replicated like params
+  ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
+
+
+def eval_params(state: TrainState):
+  """The parameters to validate and serve: the EMA when the state has one."""
+  return state.ema_params if isinstance(state, EMATrainState) else state.params
+
+
+def update_ema(ema, params, decay: float, active):
+  """`decay * ema + (1 - decay) * params` for the active parameters (a pytree of Python
+  bools, `models.active_params`); the others (MDSR's branches not trained at this step)
+  keep their average unchanged, as Adam leaves their parameters."""
+  return jax.tree.map(
+    lambda on, e, p: decay * e + (1 - decay) * p if on else e, active, ema, params
+  )
+
+
+def new_train_state(params, tx, ema_decay: float = 0.0) -> TrainState:
+  """Step 0 with fresh optimizer state (and an EMA starting at `params` if ema_decay > 0)."""
   zero = jnp.zeros((), jnp.int32)
-  return TrainState(step=zero, params=params, opt_state=tx.init(params), nonfinite_streak=zero)
+  state = TrainState(step=zero, params=params, opt_state=tx.init(params), nonfinite_streak=zero)
+  return state.with_ema(ema_decay)
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
@@ -79,7 +116,7 @@ def create_train_state(config, model, tx, mesh, rng) -> TrainState:
   dummy = jnp.zeros((1, config.patch_size, config.patch_size, 3), jnp.float32)
 
   def init(rng):
-    return new_train_state(model.init(rng, dummy, scale)["params"], tx)
+    return new_train_state(model.init(rng, dummy, scale)["params"], tx, config.ema_decay)
 
   return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(rng)
 
@@ -90,7 +127,7 @@ def train_step(state: TrainState, batch, *, model, tx, scale: int):
   Only the parameters used at `scale` are updated (MDSR); the others and their optimizer
   state pass through bitwise unchanged, as in PyTorch. A step whose loss or gradient is
   not finite changes nothing but the step count and `nonfinite_streak`, so a non-finite
-  update can never reach a checkpoint.
+  update can never reach a checkpoint. An EMATrainState's average follows the same rules.
   """
   lr = batch["lr"].astype(jnp.float32)
   hr = batch["hr"].astype(jnp.float32)
@@ -113,6 +150,10 @@ def train_step(state: TrainState, batch, *, model, tx, scale: int):
     opt_state=keep(opt_state, state.opt_state),
     nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
   )
+  if isinstance(state, EMATrainState):
+    active = models.active_params(state.params, scale)
+    ema = update_ema(state.ema_params, params, state.ema_decay, active)
+    new_state = new_state.replace(ema_params=keep(ema, state.ema_params))
   return new_state, {"loss": loss, "finite": finite}
 
 
@@ -141,9 +182,10 @@ def _write_validation(writer, step, upscaler, val_images, scales, config):
     for name, strip in strips:
       images[f"val/{name}{suffix}/lr_bicubic_sr_hr"] = strip[None]
     logging.info(
-      "step %d validation x%d: PSNR %.3f dB SSIM %.4f (bicubic %.3f dB / %.4f)",
+      "step %d validation x%d%s: PSNR %.3f dB SSIM %.4f (bicubic %.3f dB / %.4f)",
       step,
       s,
+      " (EMA parameters)" if config.ema_decay else "",
       means["psnr"],
       means["ssim"],
       means["bicubic_psnr"],
@@ -301,7 +343,7 @@ def _train(config, workdir, scales, sampler, val_images) -> TrainState:
       report(done)
       if val_images is not None and (done % config.eval_every_steps == 0 or is_last):
         with report.timed("eval"):
-          upscaler.params = state.params
+          upscaler.params = eval_params(state)
           _write_validation(writer, done, upscaler, val_images, scales, config)
       # Asked at every step: with several processes, this is where they agree to stop.
       stop = preemption.reached(done) and not is_last

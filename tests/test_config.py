@@ -4,9 +4,11 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-from edsr_jax import config_lib, data, errors
+from edsr_jax import config_lib, data, errors, models
 
 ROOT = pathlib.Path(__file__).parent.parent
 PRESETS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
@@ -35,12 +37,43 @@ def test_preset_follows_paper_recipe_and_documents_its_command(preset):
   config_lib.validate(config)
   doc = path.read_text().split('"""')[1]
   assert f"--config=configs/{preset}.py" in doc and "expected" in doc.lower()
-  if preset != "demo":
+  if preset not in ("demo", "edsr_291"):  # those two follow their own short recipes
     assert (config.patch_size, config.batch_size, config.learning_rate) == (48, 16, 1e-4)
     assert (config.lr_decay_steps, config.lr_decay_factor) == (200_000, 0.5)
     assert (config.adam_b1, config.adam_b2, config.adam_eps) == (0.9, 0.999, 1e-8)
     assert config.augment
     config_lib.validate(config_lib.load_config_file(path, "runlocal"))
+
+
+def test_edsr_291_scale_argument_and_patches_that_fit_every_t91_image(shared_data):
+  from PIL import Image
+
+  path = ROOT / "configs" / "edsr_291.py"
+  smallest = min(min(Image.open(f).size) for f in (shared_data / "train" / "T91").glob("*.bmp"))
+  assert smallest == 78
+  readme_params = {2: 343_939, 3: 390_179, 4: 380_931}  # README's table of presets
+  for arg, scale in ((None, 2), ("x2", 2), ("x3", 3), ("x4", 4)):
+    config = config_lib.load_config_file(path, arg)
+    assert (config.model.scale, config.data.source) == (scale, "folder")
+    model = models.create_model(config.model)
+    shapes = jax.eval_shape(
+      lambda m=model, s=scale: m.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), s)
+    )
+    assert sum(x.size for x in jax.tree.leaves(shapes)) == readme_params[scale]
+    assert config.patch_size <= smallest // scale
+    assert (config.model.num_blocks, config.model.num_features, config.batch_size) == (16, 32, 16)
+    config.data.train_dir = "../shared/data/train/T91,../shared/data/train/BSD200"
+    config_lib.validate(config)
+    local = config_lib.load_config_file(path, "runlocal" if arg is None else f"{arg},runlocal")
+    assert (local.model.scale, local.data.source) == (scale, "demo")
+    config_lib.validate(local)
+  doc = path.read_text().split('"""')[1]
+  for arg in ("x2", "x3", "x4"):
+    assert f"--config=configs/edsr_291.py:{arg}" in doc
+  assert doc.count("--config.init_from=runs/edsr_291_x2") == 2
+  for bad in ("x5", "x2,x3", "fast"):
+    with pytest.raises(errors.ConfigError, match=f"unknown config argument '{bad}'"):
+      config_lib.load_config_file(path, bad)
 
 
 def _demo():

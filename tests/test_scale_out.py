@@ -184,6 +184,26 @@ def test_sigterm_saves_and_resumed_run_ends_bitwise_equal(tmp_path, reference_pa
   jax.tree.map(np.testing.assert_array_equal, reference_params, _params(workdir))
 
 
+def test_sigterm_and_resume_with_ema_end_bitwise_equal(tmp_path):
+  """The EMA of the parameters (config.ema_decay) is saved and resumed with the state."""
+  steps, ema = 30, "--config.ema_decay=0.9"
+  _run(_cmd(tmp_path / "reference", steps, ema, f"--config.checkpoint_every_steps={steps}"))
+  workdir = tmp_path / "run"
+  proc = _start(workdir, steps, ema, "--config.checkpoint_every_steps=5")
+  _wait_for_checkpoint(proc, workdir, 5)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  assert 5 <= max(_finished_steps(workdir)) < steps
+  _run(_cmd(workdir, steps, ema, "--config.checkpoint_every_steps=5"))
+  for use_ema in (True, False):
+    reference, resumed = (
+      jax.device_get(inference.load(str(w), use_ema=use_ema).params)
+      for w in (tmp_path / "reference", workdir)
+    )
+    jax.tree.map(np.testing.assert_array_equal, reference, resumed)
+
+
 def test_sigkill_during_saves_resumes_from_a_complete_checkpoint(tmp_path, reference_params):
   steps = STEPS
   workdir = tmp_path / "run"
