@@ -231,6 +231,7 @@ def x2_run(readme_copy):
   first.send_signal(signal.SIGTERM)  # what a scheduler or `kill` sends
   _, first_err = first.communicate(timeout=TIMEOUT)
   assert "Traceback" not in first_err, first_err
+  assert first.returncode == 75, first_err  # saved, not finished: see "When something goes wrong"
   interrupted_at = max(checkpoint_steps(workdir))
   assert interrupted_at < 30, "the first run was not interrupted"
   second = run(readme_copy, command, *SMALL_TRAIN)
