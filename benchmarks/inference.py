@@ -106,6 +106,7 @@ def random_image(h: int, w: int):
 
 # ------------------------------------------------------------------ the official chop
 
+
 def forward_chop(model, x, scale: int, shave: int = 10, min_size: int = 160000):
   """The official EDSR-PyTorch `forward_chop` for one GPU, on NCHW x.
 
@@ -119,8 +120,12 @@ def forward_chop(model, x, scale: int, shave: int = 10, min_size: int = 160000):
   _, _, h, w = x.shape
   h_half, w_half = h // 2, w // 2
   h_size, w_size = h_half + shave, w_half + shave
-  quadrants = [x[..., :h_size, :w_size], x[..., :h_size, w - w_size:],
-               x[..., h - h_size:, :w_size], x[..., h - h_size:, w - w_size:]]
+  quadrants = [
+    x[..., :h_size, :w_size],
+    x[..., :h_size, w - w_size :],
+    x[..., h - h_size :, :w_size],
+    x[..., h - h_size :, w - w_size :],
+  ]
   if h_size * w_size < min_size:
     outs = [model(q) for q in quadrants]
   else:
@@ -129,13 +134,14 @@ def forward_chop(model, x, scale: int, shave: int = 10, min_size: int = 160000):
   h_size, w_size = scale * h_size, scale * w_size
   out = x.new_empty(x.shape[0], outs[0].shape[1], h, w, dtype=outs[0].dtype)
   out[..., :h_half, :w_half] = outs[0][..., :h_half, :w_half]
-  out[..., :h_half, w_half:] = outs[1][..., :h_half, w_size - w + w_half:]
-  out[..., h_half:, :w_half] = outs[2][..., h_size - h + h_half:, :w_half]
-  out[..., h_half:, w_half:] = outs[3][..., h_size - h + h_half:, w_size - w + w_half:]
+  out[..., :h_half, w_half:] = outs[1][..., :h_half, w_size - w + w_half :]
+  out[..., h_half:, :w_half] = outs[2][..., h_size - h + h_half :, :w_half]
+  out[..., h_half:, w_half:] = outs[3][..., h_size - h + h_half :, w_size - w + w_half :]
   return out
 
 
 # ------------------------------------------------------------------ children
+
 
 def _timed_runs(run, repeats: int) -> tuple[float, float, object]:
   start = time.perf_counter()
@@ -171,8 +177,11 @@ def ours_child(spec: dict) -> dict:
   params = jax.device_put(torch_weights.to_flax_params(state, arch), device)
   upscaler = inference.Upscaler(config, params)
   image = random_image(h, w)
-  result = {"platform": device.platform, "device": getattr(device, "device_kind", "?"),
-            "version": f"JAX {jax.__version__}"}
+  result = {
+    "platform": device.platform,
+    "device": getattr(device, "device_kind", "?"),
+    "version": f"JAX {jax.__version__}",
+  }
   if spec["flops"]:  # XLA's count for the whole image, untiled (compiled, not run)
     model = models.create_model(config.model, jnp.dtype(spec["dtype"]))
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x, scale))
@@ -190,8 +199,7 @@ def ours_child(spec: dict) -> dict:
   except AttributeError:  # an Upscaler without plan(): no tile counts
     pass
   result["setup"] = _status_bytes("VmHWM")
-  first, best, out = _timed_runs(lambda: upscaler.upscale(image, tile_size=tile),
-                                 spec["repeats"])
+  first, best, out = _timed_runs(lambda: upscaler.upscale(image, tile_size=tile), spec["repeats"])
   np.save(spec["out"], out)
   stats = device.memory_stats() if device.platform != "cpu" else None
   if stats and "peak_bytes_in_use" in stats:
@@ -234,8 +242,9 @@ def official_child(spec: dict) -> dict:
   def run():
     counter.update(calls=0, lr_pixels=0)
     with torch.no_grad():
-      y = forward_chop(model, x, scale, spec["shave"], spec["min_size"]) if spec["chop"] \
-          else model(x)
+      y = (
+        forward_chop(model, x, scale, spec["shave"], spec["min_size"]) if spec["chop"] else model(x)
+      )
       # The official quantisation, done here the same way as ours: clip, round half up.
       y = torch.floor(y.clamp(0, 255) + 0.5).to(torch.uint8)
       return y[0].permute(1, 2, 0).cpu().numpy()
@@ -243,10 +252,16 @@ def official_child(spec: dict) -> dict:
   setup = _status_bytes("VmHWM")
   first, best, out = _timed_runs(run, spec["repeats"])
   np.save(spec["out"], out)
-  result = {"platform": dev.type, "version": f"PyTorch {torch.__version__}",
-            "device": torch.cuda.get_device_name(dev) if cuda else "cpu",
-            "first_s": first, "seconds": best, "setup": setup, "load": os.getloadavg()[0],
-            **counter}
+  result = {
+    "platform": dev.type,
+    "version": f"PyTorch {torch.__version__}",
+    "device": torch.cuda.get_device_name(dev) if cuda else "cpu",
+    "first_s": first,
+    "seconds": best,
+    "setup": setup,
+    "load": os.getloadavg()[0],
+    **counter,
+  }
   if cuda:
     result.update(peak=torch.cuda.max_memory_allocated(), peak_kind="device")
   else:
@@ -259,16 +274,21 @@ CHILDREN = {"ours": ours_child, "official": official_child}
 
 def run_child(kind: str, spec: dict, env: dict) -> dict:
   proc = subprocess.run(
-      [sys.executable, __file__, "--child", json.dumps({"kind": kind, **spec})],
-      capture_output=True, text=True, env=env, cwd=ROOT)
+    [sys.executable, __file__, "--child", json.dumps({"kind": kind, **spec})],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=ROOT,
+  )
   lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
   if proc.returncode != 0 or not lines:
     tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
     return {"error": f"exit {proc.returncode}: {tail[-400:]}"}
-  return json.loads(lines[-1][len("RESULT "):])
+  return json.loads(lines[-1][len("RESULT ") :])
 
 
 # ------------------------------------------------------------------ main
+
 
 def _gb(value, kind) -> str:
   if value is None:
@@ -278,20 +298,27 @@ def _gb(value, kind) -> str:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--network", choices=tuple(NETWORKS), default=None,
-                      help="baseline (default) or full")
+  parser.add_argument(
+    "--network", choices=tuple(NETWORKS), default=None, help="baseline (default) or full"
+  )
   parser.add_argument("--sizes", default=None, help=f"LR WxHxscale list ({DEFAULT_SIZES})")
-  parser.add_argument("--tile_size", type=int, default=None,
-                      help="an extra 'ours, tile N' row (default 256; 0: none)")
+  parser.add_argument(
+    "--tile_size", type=int, default=None, help="an extra 'ours, tile N' row (default 256; 0: none)"
+  )
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   parser.add_argument("--repeats", type=int, default=1, help="timed runs after the warm-up")
   parser.add_argument("--shave", type=int, default=10, help="forward_chop overlap (official 10)")
-  parser.add_argument("--min_size", type=int, default=160000,
-                      help="forward_chop recursion threshold (official 160000)")
+  parser.add_argument(
+    "--min_size",
+    type=int,
+    default=160000,
+    help="forward_chop recursion threshold (official 160000)",
+  )
   parser.add_argument("--peak_tflops", type=float, default=None, help="for MFU")
   parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-  parser.add_argument("--smoke", action="store_true",
-                      help=f"tiny network, images {SMOKE_SIZES}, tiles of 8: seconds")
+  parser.add_argument(
+    "--smoke", action="store_true", help=f"tiny network, images {SMOKE_SIZES}, tiles of 8: seconds"
+  )
   parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -314,9 +341,12 @@ def main() -> None:
   if args.device == "cpu":
     env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
   on_cpu = args.device == "cpu" or not torch.cuda.is_available()
-  print(f"host: {cpu_model()}, {os.cpu_count()} CPUs; EDSR {network} ({blocks} blocks, "
-        f"{features} features), random weights; {args.dtype}; time = best of {args.repeats} "
-        f"run(s) after a warm-up", flush=True)
+  print(
+    f"host: {cpu_model()}, {os.cpu_count()} CPUs; EDSR {network} ({blocks} blocks, "
+    f"{features} features), random weights; {args.dtype}; time = best of {args.repeats} "
+    f"run(s) after a warm-up",
+    flush=True,
+  )
 
   tmp = tempfile.TemporaryDirectory(prefix="edsr_inference_")
   rows, versions = [], {}
@@ -325,7 +355,8 @@ def main() -> None:
     if not weights.exists():
       torch.manual_seed(0)
       net = torch_reference.randomize_(
-          torch_reference.EDSR(scale, blocks, features, res_scale), seed=0)
+        torch_reference.EDSR(scale, blocks, features, res_scale), seed=0
+      )
       np.savez(weights, **{k: v.numpy() for k, v in net.state_dict().items()})
     label = f"{w}x{h} x{scale}"
     fits = True
@@ -333,21 +364,31 @@ def main() -> None:
       available = _status_bytes("MemAvailable", "/proc/meminfo") or 0
       need = untiled_bytes(h, w, scale, features)
       fits = need < 0.4 * available
-    methods = [("ours, auto", "ours", dict(tile=None)),
-               (f"ours, tile {tile_size}", "ours", dict(tile=tile_size)),
-               ("ours, untiled", "ours", dict(tile=0)),
-               ("official forward_chop", "official", dict(chop=True)),
-               ("official, untiled", "official", dict(chop=False))]
+    methods = [
+      ("ours, auto", "ours", dict(tile=None)),
+      (f"ours, tile {tile_size}", "ours", dict(tile=tile_size)),
+      ("ours, untiled", "ours", dict(tile=0)),
+      ("official forward_chop", "official", dict(chop=True)),
+      ("official, untiled", "official", dict(chop=False)),
+    ]
     if not tile_size:
       methods.pop(1)
     outputs = {}
     for k, (name, kind, extra) in enumerate(methods):
       untiled = extra.get("tile") == 0 or extra.get("chop") is False
-      spec = dict(network=network, size=(w, h, scale), dtype=args.dtype, repeats=args.repeats,
-                  device=args.device, weights=str(weights), shave=args.shave,
-                  min_size=args.min_size, flops=k == 0,
-                  out=str(pathlib.Path(tmp.name, f"{label}-{name}.npy".replace(" ", "_"))),
-                  **extra)
+      spec = dict(
+        network=network,
+        size=(w, h, scale),
+        dtype=args.dtype,
+        repeats=args.repeats,
+        device=args.device,
+        weights=str(weights),
+        shave=args.shave,
+        min_size=args.min_size,
+        flops=k == 0,
+        out=str(pathlib.Path(tmp.name, f"{label}-{name}.npy".replace(" ", "_"))),
+        **extra,
+      )
       if untiled and not fits:
         result = {"skipped": f"~{need / 1e9:.0f} GB, {available / 1e9:.0f} GB available"}
       else:
@@ -358,7 +399,7 @@ def main() -> None:
       rows.append({"image": label, "method": name, "pixels": h * w, **result})
       print(f"  done: {label} {name}", flush=True)
     flops = rows[-len(methods)].get("flops")
-    for row in rows[-len(methods):]:
+    for row in rows[-len(methods) :]:
       row["flops"] = flops
       ref = "ours, untiled" if row["method"].startswith("ours") else "official, untiled"
       if row["method"] in outputs and ref in outputs:
@@ -374,15 +415,23 @@ def main() -> None:
       pathlib.Path(path).unlink(missing_ok=True)
 
   print("\n" + "; ".join(versions.values()))
-  header = (f"{'image':<15}{'method':<23}{'tiles':>6}{'calls':>6}{'LR Mpx':>8}{'time s':>9}"
-            f"{'1st run s':>10}{'TFLOP/s':>9}{'MFU':>8}{'setup GB':>10}{'peak GB':>10}"
-            f"{'max|diff|':>10}{'differ':>9}")
+  header = (
+    f"{'image':<15}{'method':<23}{'tiles':>6}{'calls':>6}{'LR Mpx':>8}{'time s':>9}"
+    f"{'1st run s':>10}{'TFLOP/s':>9}{'MFU':>8}{'setup GB':>10}{'peak GB':>10}"
+    f"{'max|diff|':>10}{'differ':>9}"
+  )
   print(f"{header}\n{'-' * len(header)}")
   for row in rows:
     start = f"{row['image']:<15}{row['method']:<23}"
     if "error" in row or "skipped" in row:
-      print(start + ("failed: " + row["error"] if "error" in row else
-                     "skipped (untiled would need " + row["skipped"] + ")"))
+      print(
+        start
+        + (
+          "failed: " + row["error"]
+          if "error" in row
+          else "skipped (untiled would need " + row["skipped"] + ")"
+        )
+      )
       continue
     tflops = row["flops"] / row["seconds"] / 1e12 if row.get("flops") else None
     mfu = f"{100 * tflops / args.peak_tflops:.3g}%" if tflops and args.peak_tflops else "-"
@@ -391,24 +440,32 @@ def main() -> None:
     diff = row.get("max_diff")
     differ = f"{100 * row['differ']:.3f}%" if "differ" in row else "-"
     tiles = row.get("tiles", calls)
-    print(start + f"{'-' if tiles is None else tiles:>6}{'-' if calls is None else calls:>6}"
-          f"{mpx:>8}{row['seconds']:>9.3f}"
-          f"{row['first_s']:>10.2f}{'-' if tflops is None else f'{tflops:.3g}':>9} {mfu:>7}"
-          f"{_gb(row.get('setup'), 'rss') if row.get('peak_kind') == 'rss' else '-':>10}"
-          f"{_gb(row.get('peak'), row.get('peak_kind')):>10}"
-          f"{'-' if diff is None else diff:>10}{differ:>9}")
+    print(
+      start + f"{'-' if tiles is None else tiles:>6}{'-' if calls is None else calls:>6}"
+      f"{mpx:>8}{row['seconds']:>9.3f}"
+      f"{row['first_s']:>10.2f}{'-' if tflops is None else f'{tflops:.3g}':>9} {mfu:>7}"
+      f"{_gb(row.get('setup'), 'rss') if row.get('peak_kind') == 'rss' else '-':>10}"
+      f"{_gb(row.get('peak'), row.get('peak_kind')):>10}"
+      f"{'-' if diff is None else diff:>10}{differ:>9}"
+    )
   print()
   for row in rows:
     if "cross" in row:
-      print(f"{row['image']}: ours untiled vs official untiled (same weights, two frameworks): "
-            f"max |diff| {row['cross'][0]}, {100 * row['cross'][1]:.3f}% of values differ")
+      print(
+        f"{row['image']}: ours untiled vs official untiled (same weights, two frameworks): "
+        f"max |diff| {row['cross'][0]}, {100 * row['cross'][1]:.3f}% of values differ"
+      )
   loads = [row["load"] for row in rows if "load" in row]
   if loads:
-    print(f"1-minute load average at the end of each row: {min(loads):.1f} to {max(loads):.1f} "
-          f"({os.cpu_count()} CPUs; above that, other work shared the CPUs)")
-  print("max|diff| / differ: the uint8 output against the same side's untiled output (ours "
-        "must be 0). TFLOP/s: XLA's count for the untiled image / time (overlaps not counted). "
-        "'rss' = process peak resident memory (CPU), else the device allocator's peak.")
+    print(
+      f"1-minute load average at the end of each row: {min(loads):.1f} to {max(loads):.1f} "
+      f"({os.cpu_count()} CPUs; above that, other work shared the CPUs)"
+    )
+  print(
+    "max|diff| / differ: the uint8 output against the same side's untiled output (ours "
+    "must be 0). TFLOP/s: XLA's count for the untiled image / time (overlaps not counted). "
+    "'rss' = process peak resident memory (CPU), else the device allocator's peak."
+  )
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
   tmp.cleanup()

@@ -32,8 +32,11 @@ SETS = ("B100", "Set14", "Set5")
 
 def load_images(data_dir: pathlib.Path) -> data.SRImages:
   parts = [data.load_folder(data_dir / name, (SCALE,), "valid") for name in SETS]
-  return data.SRImages([n for p in parts for n in p.names], [h for p in parts for h in p.hr],
-                       {SCALE: [lr for p in parts for lr in p.lr[SCALE]]})
+  return data.SRImages(
+    [n for p in parts for n in p.names],
+    [h for p in parts for h in p.hr],
+    {SCALE: [lr for p in parts for lr in p.lr[SCALE]]},
+  )
 
 
 def rate(run_once, min_seconds: float, min_calls: int = 3) -> float:
@@ -108,22 +111,27 @@ def main():
 
   start = time.perf_counter()
   images = load_images(args.data_dir)
-  print(f"{len(images)} images ({', '.join(SETS)}) loaded in {time.perf_counter() - start:.1f} s;"
-        f" {os.cpu_count()} CPUs, JAX on {jax.devices()[0].platform}")
-  sampler = data.PatchSampler(images, scales=(SCALE,), patch_size=PATCH, global_batch=BATCH,
-                              seed=0)
-  sharding = NamedSharding(jax.make_mesh((1,), (train.DATA_AXIS,), devices=jax.devices()[:1]),
-                           P(train.DATA_AXIS))
+  print(
+    f"{len(images)} images ({', '.join(SETS)}) loaded in {time.perf_counter() - start:.1f} s;"
+    f" {os.cpu_count()} CPUs, JAX on {jax.devices()[0].platform}"
+  )
+  sampler = data.PatchSampler(images, scales=(SCALE,), patch_size=PATCH, global_batch=BATCH, seed=0)
+  sharding = NamedSharding(
+    jax.make_mesh((1,), (train.DATA_AXIS,), devices=jax.devices()[:1]), P(train.DATA_AXIS)
+  )
 
   pipeline = {
-      "PatchSampler.batch": sampler_rate(sampler, args.seconds),
-      "prefetch_batches -> CPU device": prefetch_rate(sampler, sharding, args.seconds),
+    "PatchSampler.batch": sampler_rate(sampler, args.seconds),
+    "prefetch_batches -> CPU device": prefetch_rate(sampler, sharding, args.seconds),
   }
   consumers = {}
-  for label, blocks, features, fed in (("EDSR baseline x2 (B16 F64)", 16, 64, False),
-                                       ("small EDSR x2 (B4 F32)", 4, 32, True)):
-    params, fixed_rate, fed_rate = train_rates(blocks, features, sampler, sharding,
-                                               args.train_seconds, fed)
+  for label, blocks, features, fed in (
+    ("EDSR baseline x2 (B16 F64)", 16, 64, False),
+    ("small EDSR x2 (B4 F32)", 4, 32, True),
+  ):
+    params, fixed_rate, fed_rate = train_rates(
+      blocks, features, sampler, sharding, args.train_seconds, fed
+    )
     consumers[f"train step, {label}, {params:,} params, fixed batch"] = fixed_rate
     if fed_rate is not None:
       consumers[f"train step, {label}, fed by prefetch_batches"] = fed_rate
@@ -137,9 +145,11 @@ def main():
   for name, value in consumers.items():
     print(f"{name:{width}}  {value:10,.1f}  {slowest / value:14,.0f}x")
   need = 10 * max(consumers.values())
-  print(f"\ntarget >= 2,000 patches/s: {'met' if slowest >= 2000 else 'MISSED'} "
-        f"({slowest:,.0f}); target >= 10x the train step ({need:,.0f}): "
-        f"{'met' if slowest >= need else 'MISSED'}")
+  print(
+    f"\ntarget >= 2,000 patches/s: {'met' if slowest >= 2000 else 'MISSED'} "
+    f"({slowest:,.0f}); target >= 10x the train step ({need:,.0f}): "
+    f"{'met' if slowest >= need else 'MISSED'}"
+  )
 
 
 if __name__ == "__main__":

@@ -37,17 +37,23 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # (label, LR height, LR width, scale, tile_size); tile None = automatic, 0 = untiled.
 CONFIGS = [
-    ("small x4", 340, 510, 4, 0),
-    ("small x4", 340, 510, 4, 256),
-    ("2040x1356 x4", 1356, 2040, 4, 0),
-    ("2040x1356 x4", 1356, 2040, 4, None),
-    ("2040x1356 x4", 1356, 2040, 4, 256),
-    ("3840x2160 x2", 2160, 3840, 2, 0),
-    ("3840x2160 x2", 2160, 3840, 2, None),
-    ("3840x2160 x2", 2160, 3840, 2, 256),
+  ("small x4", 340, 510, 4, 0),
+  ("small x4", 340, 510, 4, 256),
+  ("2040x1356 x4", 1356, 2040, 4, 0),
+  ("2040x1356 x4", 1356, 2040, 4, None),
+  ("2040x1356 x4", 1356, 2040, 4, 256),
+  ("3840x2160 x2", 2160, 3840, 2, 0),
+  ("3840x2160 x2", 2160, 3840, 2, None),
+  ("3840x2160 x2", 2160, 3840, 2, 256),
 ]
-QUICK = {("small x4", 0), ("small x4", 256), ("2040x1356 x4", 0), ("2040x1356 x4", None),
-         ("3840x2160 x2", 0), ("3840x2160 x2", None)}
+QUICK = {
+  ("small x4", 0),
+  ("small x4", 256),
+  ("2040x1356 x4", 0),
+  ("2040x1356 x4", None),
+  ("3840x2160 x2", 0),
+  ("3840x2160 x2", None),
+}
 
 
 def _proc_status_gb(key: str) -> float:
@@ -76,7 +82,8 @@ def _upscaler(scale: int, checkpoint: str | None):
   config.model.scale = scale
   model = models.create_model(config.model)
   params = jax.jit(lambda key: model.init(key, jnp.zeros((1, 8, 8, 3)), scale)["params"])(
-      jax.random.key(0))
+    jax.random.key(0)
+  )
   return inference.Upscaler(config, params)
 
 
@@ -91,14 +98,23 @@ def child(spec: dict) -> dict:
   image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
   plan = upscaler.plan(image.shape, scale, tile_size=tile_size)
   batch = jax.ShapeDtypeStruct((plan.per_call, *plan.window, 3), jnp.uint8)
-  analysis = upscaler._forward.lower(upscaler.params, batch, scale=scale,
-                                     self_ensemble=False, quantize=True).compile()
+  analysis = upscaler._forward.lower(
+    upscaler.params, batch, scale=scale, self_ensemble=False, quantize=True
+  ).compile()
   xla_gb = analysis.memory_analysis().temp_size_in_bytes / 1e9
-  result = {"tile": plan.tile_size, "window": list(plan.window), "tiles": plan.num_tiles,
-            "calls": len(plan.calls), "per_call": plan.per_call, "xla_gb": xla_gb}
+  result = {
+    "tile": plan.tile_size,
+    "window": list(plan.window),
+    "tiles": plan.num_tiles,
+    "calls": len(plan.calls),
+    "per_call": plan.per_call,
+    "xla_gb": xla_gb,
+  }
   if plan.tile_size == 0 and xla_gb > 0.5 * _mem_available_gb():
-    return {**result, "skipped": f"XLA needs {xla_gb:.1f} GB, "
-                                 f"{_mem_available_gb():.1f} GB available"}
+    return {
+      **result,
+      "skipped": f"XLA needs {xla_gb:.1f} GB, {_mem_available_gb():.1f} GB available",
+    }
 
   out = np.zeros((h * scale, w * scale, 3), np.uint8)
   out[...] = 1  # touch every page, as a finished run would
@@ -113,8 +129,12 @@ def child(spec: dict) -> dict:
       break
   done = len(times)
   total = times[0] + (np.mean(times[1:]) * (len(plan.calls) - 1) if done > 1 else 0.0)
-  result.update(calls_done=done, seconds=float(total), first_call_s=times[0],
-                rss_peak_gb=_proc_status_gb("VmHWM"))
+  result.update(
+    calls_done=done,
+    seconds=float(total),
+    first_call_s=times[0],
+    rss_peak_gb=_proc_status_gb("VmHWM"),
+  )
   if spec.get("save") and done == len(plan.calls):
     np.save(spec["save"], out)
   return result
@@ -124,12 +144,19 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="fewer configurations, 15 s each")
   parser.add_argument("--full", action="store_true", help="run every tiled image to the end")
-  parser.add_argument("--budget_s", type=float, default=None,
-                      help="seconds per tiled run before extrapolating (default 30, quick 15)")
+  parser.add_argument(
+    "--budget_s",
+    type=float,
+    default=None,
+    help="seconds per tiled run before extrapolating (default 30, quick 15)",
+  )
   parser.add_argument("--checkpoint", default=None, help="time a trained model instead")
-  parser.add_argument("--only", default=None,
-                      help="run the configurations whose '<image> <tiles>' contains this, "
-                           "e.g. '2040x1356 x4 auto' or 'untiled'")
+  parser.add_argument(
+    "--only",
+    default=None,
+    help="run the configurations whose '<image> <tiles>' contains this, "
+    "e.g. '2040x1356 x4 auto' or 'untiled'",
+  )
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -140,10 +167,15 @@ def main() -> None:
   env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TF_CPP_MIN_LOG_LEVEL="3")
   model = f"checkpoint {args.checkpoint}" if args.checkpoint else "EDSR baseline, random weights"
   limit = "none (--full)" if args.full else f"{budget:.0f} s"
-  print(f"host: {os.cpu_count()} CPUs, {_mem_available_gb():.1f} GB available; model: {model}; "
-        f"time budget per tiled run: {limit}", flush=True)
-  header = (f"{'image':<13} {'tiles':<21} {'window':>9} {'calls':>6} {'XLA GB/call':>11} "
-            f"{'RSS setup':>9} {'RSS peak':>8} {'time s':>8} {'1st call':>8}")
+  print(
+    f"host: {os.cpu_count()} CPUs, {_mem_available_gb():.1f} GB available; model: {model}; "
+    f"time budget per tiled run: {limit}",
+    flush=True,
+  )
+  header = (
+    f"{'image':<13} {'tiles':<21} {'window':>9} {'calls':>6} {'XLA GB/call':>11} "
+    f"{'RSS setup':>9} {'RSS peak':>8} {'time s':>8} {'1st call':>8}"
+  )
   print(header + "\n" + "-" * len(header), flush=True)
   outputs = {}
   for label, h, w, scale, tile in CONFIGS:
@@ -155,34 +187,55 @@ def main() -> None:
     save = None
     if label.startswith("small"):
       save = f"/tmp/tiled_inference_{os.getpid()}_{tile}.npy"
-    spec = dict(h=h, w=w, scale=scale, tile_size=tile, full=args.full, budget_s=budget,
-                checkpoint=args.checkpoint, save=save)
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                          capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    spec = dict(
+      h=h,
+      w=w,
+      scale=scale,
+      tile_size=tile,
+      full=args.full,
+      budget_s=budget,
+      checkpoint=args.checkpoint,
+      save=save,
+    )
+    proc = subprocess.run(
+      [sys.executable, __file__, "--child", json.dumps(spec)],
+      capture_output=True,
+      text=True,
+      env=env,
+      cwd=REPO_ROOT,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
       print(f"{label:<13} failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
       continue
-    r = json.loads(lines[0][len("RESULT "):])
+    r = json.loads(lines[0][len("RESULT ") :])
     kind = "untiled" if r["tile"] == 0 else f"{r['tile']}{' (auto)' if tile is None else ''}"
     kind += f", {r['tiles']} tile{'s' if r['tiles'] > 1 else ''}" if r["tile"] else ""
     window = f"{r['window'][1]}x{r['window'][0]}"
     if "skipped" in r:
-      print(f"{label:<13} {kind:<21} {window:>9} {r['calls']:>6} {r['xla_gb']:>11.2f} "
-            f"  skipped: {r['skipped']}", flush=True)
+      print(
+        f"{label:<13} {kind:<21} {window:>9} {r['calls']:>6} {r['xla_gb']:>11.2f} "
+        f"  skipped: {r['skipped']}",
+        flush=True,
+      )
       continue
     seconds = ("~" if r["calls_done"] < r["calls"] else "") + f"{r['seconds']:.1f}"
-    print(f"{label:<13} {kind:<21} {window:>9} {r['calls']:>6} {r['xla_gb']:>11.2f} "
-          f"{r['rss_setup_gb']:>9.2f} {r['rss_peak_gb']:>8.2f} {seconds:>8} "
-          f"{r['first_call_s']:>8.1f}", flush=True)
+    print(
+      f"{label:<13} {kind:<21} {window:>9} {r['calls']:>6} {r['xla_gb']:>11.2f} "
+      f"{r['rss_setup_gb']:>9.2f} {r['rss_peak_gb']:>8.2f} {seconds:>8} "
+      f"{r['first_call_s']:>8.1f}",
+      flush=True,
+    )
     if save and pathlib.Path(save).exists():
       outputs[tile] = save
   if len(outputs) == 2:
     import numpy as np
 
     a, b = (np.load(p) for p in outputs.values())
-    print(f"small x4: tiled output {'==' if np.array_equal(a, b) else '!='} untiled output "
-          f"({'identical' if np.array_equal(a, b) else f'{int((a != b).sum())} values differ'})")
+    print(
+      f"small x4: tiled output {'==' if np.array_equal(a, b) else '!='} untiled output "
+      f"({'identical' if np.array_equal(a, b) else f'{int((a != b).sum())} values differ'})"
+    )
   for p in outputs.values():
     pathlib.Path(p).unlink()
   if not args.full:

@@ -47,10 +47,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # name: (residual blocks, features, res_scale); all x2.
 NETWORKS = {
-    "tiny": (2, 8, 1.0),
-    "demo": (8, 32, 1.0),  # configs/demo.py
-    "baseline": (16, 64, 1.0),  # configs/edsr_baseline_x2.py
-    "full": (32, 256, 0.1),  # configs/edsr_x2.py
+  "tiny": (2, 8, 1.0),
+  "demo": (8, 32, 1.0),  # configs/demo.py
+  "baseline": (16, 64, 1.0),  # configs/edsr_baseline_x2.py
+  "full": (32, 256, 0.1),  # configs/edsr_x2.py
 }
 SCALE = 2
 DTYPES = ("float32", "bfloat16")
@@ -90,6 +90,7 @@ def cost_flops(compiled) -> float | None:
 
 # ------------------------------------------------------------------ children
 
+
 def jax_child(spec: dict) -> dict:
   import jax
   import jax.numpy as jnp
@@ -115,9 +116,10 @@ def jax_child(spec: dict) -> dict:
   b, p = spec["batch"], spec["patch"]
   rng = np.random.default_rng(0)
   sharding = NamedSharding(mesh, P(train.DATA_AXIS))
-  batch = {"lr": jax.device_put(rng.integers(0, 256, (b, p, p, 3), np.uint8), sharding),
-           "hr": jax.device_put(rng.integers(0, 256, (b, p * SCALE, p * SCALE, 3), np.uint8),
-                                sharding)}
+  batch = {
+    "lr": jax.device_put(rng.integers(0, 256, (b, p, p, 3), np.uint8), sharding),
+    "hr": jax.device_put(rng.integers(0, 256, (b, p * SCALE, p * SCALE, 3), np.uint8), sharding),
+  }
   compiled = step_fn.lower(state, batch, scale=SCALE).compile()
   flops = cost_flops(compiled)
   for _ in range(spec["warmup"]):
@@ -134,11 +136,17 @@ def jax_child(spec: dict) -> dict:
     peak, peak_kind = stats["peak_bytes_in_use"], "device"
   else:
     peak, peak_kind = peak_rss_bytes(), "rss"
-  return {"steps_per_sec": spec["steps"] / seconds, "flops": flops, "peak": peak,
-          "load": os.getloadavg()[0],
-          "peak_kind": peak_kind, "loss": loss, "platform": device.platform,
-          "device": getattr(device, "device_kind", device.platform),
-          "version": f"JAX {jax.__version__}"}
+  return {
+    "steps_per_sec": spec["steps"] / seconds,
+    "flops": flops,
+    "peak": peak,
+    "load": os.getloadavg()[0],
+    "peak_kind": peak_kind,
+    "loss": loss,
+    "platform": device.platform,
+    "device": getattr(device, "device_kind", device.platform),
+    "version": f"JAX {jax.__version__}",
+  }
 
 
 def torch_child(spec: dict) -> dict:
@@ -160,8 +168,9 @@ def torch_child(spec: dict) -> dict:
   net = torch_reference.EDSR(SCALE, blocks, features, res_scale).to(dev)
   memory_format = torch.channels_last if spec["channels_last"] else torch.contiguous_format
   net = net.to(memory_format=memory_format)
-  opt = torch.optim.Adam([q for q in net.parameters() if q.requires_grad], lr=1e-4,
-                         betas=(0.9, 0.999), eps=1e-8)
+  opt = torch.optim.Adam(
+    [q for q in net.parameters() if q.requires_grad], lr=1e-4, betas=(0.9, 0.999), eps=1e-8
+  )
   b, p = spec["batch"], spec["patch"]
   lr = torch.randint(0, 256, (b, 3, p, p), device=dev).float()
   lr = lr.contiguous(memory_format=memory_format)
@@ -198,18 +207,23 @@ def torch_child(spec: dict) -> dict:
     device = torch.cuda.get_device_name(dev)
   else:
     peak, peak_kind, device = peak_rss_bytes(), "rss", "cpu"
-  return {"steps_per_sec": spec["steps"] / seconds, "peak": peak, "peak_kind": peak_kind,
-          "load": os.getloadavg()[0],
-          "loss": float(loss), "platform": dev.type, "device": device,
-          "version": f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)"}
+  return {
+    "steps_per_sec": spec["steps"] / seconds,
+    "peak": peak,
+    "peak_kind": peak_kind,
+    "load": os.getloadavg()[0],
+    "loss": float(loss),
+    "platform": dev.type,
+    "device": device,
+    "version": f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)",
+  }
 
 
 def probe_child(spec: dict) -> dict:
   """Which backends the children will get (run in a child: JAX would take the GPU here)."""
   import jax
 
-  out = {"jax": jax.default_backend(), "jax_device": jax.devices()[0].device_kind,
-         "torch": None}
+  out = {"jax": jax.default_backend(), "jax_device": jax.devices()[0].device_kind, "torch": None}
   try:
     import torch
 
@@ -224,16 +238,21 @@ CHILDREN = {"jax": jax_child, "torch": torch_child, "probe": probe_child}
 
 def run_child(kind: str, spec: dict, env: dict) -> dict:
   proc = subprocess.run(
-      [sys.executable, __file__, "--child", json.dumps({"kind": kind, **spec})],
-      capture_output=True, text=True, env=env, cwd=ROOT)
+    [sys.executable, __file__, "--child", json.dumps({"kind": kind, **spec})],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=ROOT,
+  )
   lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
   if proc.returncode != 0 or not lines:
     tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
     return {"error": f"{kind} failed (exit {proc.returncode}): {tail[-400:]}"}
-  return json.loads(lines[-1][len("RESULT "):])
+  return json.loads(lines[-1][len("RESULT ") :])
 
 
 # ------------------------------------------------------------------ table
+
 
 def fmt(value, spec: str, suffix: str = "") -> str:
   return "-" if value is None else format(value, spec) + suffix
@@ -247,26 +266,48 @@ def gb(result: dict) -> str:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--networks", default=None,
-                      help=f"comma list of {', '.join(NETWORKS)} (default: baseline on CPU, "
-                           "baseline,full on an accelerator)")
-  parser.add_argument("--batch_sizes", default=None,
-                      help="comma list (default: 16 on CPU, 16,64 on an accelerator)")
+  parser.add_argument(
+    "--networks",
+    default=None,
+    help=f"comma list of {', '.join(NETWORKS)} (default: baseline on CPU, "
+    "baseline,full on an accelerator)",
+  )
+  parser.add_argument(
+    "--batch_sizes", default=None, help="comma list (default: 16 on CPU, 16,64 on an accelerator)"
+  )
   parser.add_argument("--dtypes", default="float32,bfloat16")
   parser.add_argument("--patch_size", type=int, default=None, help="LR patch side (48)")
-  parser.add_argument("--steps", type=int, default=None,
-                      help="timed steps per row (default: 10 on CPU, 100 on an accelerator)")
-  parser.add_argument("--rounds", type=int, default=1,
-                      help="measure every row this many times, in turn; report the fastest")
+  parser.add_argument(
+    "--steps",
+    type=int,
+    default=None,
+    help="timed steps per row (default: 10 on CPU, 100 on an accelerator)",
+  )
+  parser.add_argument(
+    "--rounds",
+    type=int,
+    default=1,
+    help="measure every row this many times, in turn; report the fastest",
+  )
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1)")
-  parser.add_argument("--peak_tflops", type=float, default=None,
-                      help="the device's peak TFLOP/s for the dtype, for MFU")
+  parser.add_argument(
+    "--peak_tflops",
+    type=float,
+    default=None,
+    help="the device's peak TFLOP/s for the dtype, for MFU",
+  )
   parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
   parser.add_argument("--frameworks", default="jax,torch", help="jax,torch or either one")
-  parser.add_argument("--torch_channels_last", action="store_true",
-                      help="PyTorch in channels_last (the official code uses NCHW)")
-  parser.add_argument("--smoke", action="store_true",
-                      help="tiny network, batch 4, patch 16, 2 steps: a test in seconds")
+  parser.add_argument(
+    "--torch_channels_last",
+    action="store_true",
+    help="PyTorch in channels_last (the official code uses NCHW)",
+  )
+  parser.add_argument(
+    "--smoke",
+    action="store_true",
+    help="tiny network, batch 4, patch 16, 2 steps: a test in seconds",
+  )
   parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -300,26 +341,45 @@ def main() -> None:
   # PyTorch runs where JAX runs: CUDA next to JAX's GPU, CPU next to JAX's CPU. On a TPU
   # there is no PyTorch counterpart.
   torch_ok = probe["torch"] is not None and (
-      (probe["jax"] == "gpu" and probe["torch"] == "cuda") or probe["jax"] == "cpu")
+    (probe["jax"] == "gpu" and probe["torch"] == "cuda") or probe["jax"] == "cpu"
+  )
   if probe["jax"] == "cpu" and probe["torch"] == "cuda":
     env["CUDA_VISIBLE_DEVICES"] = ""  # JAX has no GPU here: compare on the CPU
   if "torch" in frameworks and not torch_ok:
-    print(f"note: no PyTorch side (JAX on {probe['jax']}, PyTorch "
-          f"{probe['torch'] or 'not installed'})")
+    print(
+      f"note: no PyTorch side (JAX on {probe['jax']}, PyTorch {probe['torch'] or 'not installed'})"
+    )
     frameworks = [f for f in frameworks if f != "torch"]
 
   torch_device = "-"
   if "torch" in frameworks:
     torch_device = "cpu" if env.get("CUDA_VISIBLE_DEVICES") == "" else probe["torch"]
-  print(f"host: {cpu_model()}, {os.cpu_count()} CPUs; JAX backend {probe['jax']} "
-        f"({probe['jax_device']}); PyTorch device {torch_device}", flush=True)
-  print(f"x{SCALE}, LR patch {patch}, {steps} timed steps per row after {args.warmup}"
-        f"{', PyTorch channels_last' if args.torch_channels_last else ''}", flush=True)
+  print(
+    f"host: {cpu_model()}, {os.cpu_count()} CPUs; JAX backend {probe['jax']} "
+    f"({probe['jax_device']}); PyTorch device {torch_device}",
+    flush=True,
+  )
+  print(
+    f"x{SCALE}, LR patch {patch}, {steps} timed steps per row after {args.warmup}"
+    f"{', PyTorch channels_last' if args.torch_channels_last else ''}",
+    flush=True,
+  )
 
-  specs = [dict(network=name, batch=batch, patch=patch, dtype=dtype, steps=steps,
-                warmup=max(1, args.warmup), device=args.device,
-                channels_last=args.torch_channels_last)
-           for name in networks for batch in batches for dtype in dtypes]
+  specs = [
+    dict(
+      network=name,
+      batch=batch,
+      patch=patch,
+      dtype=dtype,
+      steps=steps,
+      warmup=max(1, args.warmup),
+      device=args.device,
+      channels_last=args.torch_channels_last,
+    )
+    for name in networks
+    for batch in batches
+    for dtype in dtypes
+  ]
   results = [{fw: [] for fw in frameworks} for _ in specs]
   versions = {}
   # Rounds go over all rows in turn, so that a slow spell of a shared host spreads over
@@ -330,13 +390,17 @@ def main() -> None:
       for fw in frameworks:
         out = run_child(fw, spec, env)
         if "error" in out:
-          print(f"  {spec['network']} batch {spec['batch']} {spec['dtype']}: {out['error']}",
-                flush=True)
+          print(
+            f"  {spec['network']} batch {spec['batch']} {spec['dtype']}: {out['error']}", flush=True
+          )
           continue
         versions[fw] = f"{out['version']} on {out['device']}"
         result[fw].append(out)
-      print(f"  done: {spec['network']} batch {spec['batch']} {spec['dtype']}"
-            f"{f' (round {round_ + 1} of {args.rounds})' if args.rounds > 1 else ''}", flush=True)
+      print(
+        f"  done: {spec['network']} batch {spec['batch']} {spec['dtype']}"
+        f"{f' (round {round_ + 1} of {args.rounds})' if args.rounds > 1 else ''}",
+        flush=True,
+      )
   rows = []
   for spec, result in zip(specs, results, strict=True):
     row = {**spec}
@@ -347,9 +411,11 @@ def main() -> None:
     rows.append(row)
 
   print("\n" + "; ".join(versions.values()))
-  header = (f"{'network':<9}{'batch':>6} {'dtype':<9}{'JAX steps/s':>12}{'PyTorch steps/s':>16}"
-            f"{'ratio':>8}{'GFLOP/step':>11}{'JAX TFLOP/s':>12}{'PT TFLOP/s':>11}"
-            f"{'JAX MFU':>9}{'PT MFU':>9}{'JAX peak GB':>12}{'PT peak GB':>11}")
+  header = (
+    f"{'network':<9}{'batch':>6} {'dtype':<9}{'JAX steps/s':>12}{'PyTorch steps/s':>16}"
+    f"{'ratio':>8}{'GFLOP/step':>11}{'JAX TFLOP/s':>12}{'PT TFLOP/s':>11}"
+    f"{'JAX MFU':>9}{'PT MFU':>9}{'JAX peak GB':>12}{'PT peak GB':>11}"
+  )
   print(header + "\n" + "-" * len(header))
   for row in rows:
     ours, theirs = row.get("jax") or {}, row.get("torch") or {}
@@ -358,26 +424,35 @@ def main() -> None:
     j_tf = j * flops / 1e12 if j and flops else None
     t_tf = t * flops / 1e12 if t and flops else None
     peak = args.peak_tflops
-    print(f"{row['network']:<9}{row['batch']:>6} {row['dtype']:<9}{fmt(j, '.3f'):>12}"
-          f"{fmt(t, '.3f'):>16}{fmt(j / t if j and t else None, '.2f', 'x'):>8}"
-          f"{fmt(flops / 1e9 if flops else None, '.2f'):>11}{fmt(j_tf, '.3g'):>12}"
-          f" {fmt(t_tf, '.3g'):>10}"
-          f" {fmt(j_tf / peak * 100 if j_tf and peak else None, '.3g', '%'):>8}"
-          f" {fmt(t_tf / peak * 100 if t_tf and peak else None, '.3g', '%'):>8}"
-          f"{gb(ours):>12}{gb(theirs):>11}")
-  spreads = [f"{row['network']} {row['batch']} {row['dtype']} {fw}: "
-             + "/".join(f"{v:.3f}" for v in row[fw]["rounds"])
-             for row in rows for fw in ("jax", "torch")
-             if len(row.get(fw, {}).get("rounds", [])) > 1]
+    print(
+      f"{row['network']:<9}{row['batch']:>6} {row['dtype']:<9}{fmt(j, '.3f'):>12}"
+      f"{fmt(t, '.3f'):>16}{fmt(j / t if j and t else None, '.2f', 'x'):>8}"
+      f"{fmt(flops / 1e9 if flops else None, '.2f'):>11}{fmt(j_tf, '.3g'):>12}"
+      f" {fmt(t_tf, '.3g'):>10}"
+      f" {fmt(j_tf / peak * 100 if j_tf and peak else None, '.3g', '%'):>8}"
+      f" {fmt(t_tf / peak * 100 if t_tf and peak else None, '.3g', '%'):>8}"
+      f"{gb(ours):>12}{gb(theirs):>11}"
+    )
+  spreads = [
+    f"{row['network']} {row['batch']} {row['dtype']} {fw}: "
+    + "/".join(f"{v:.3f}" for v in row[fw]["rounds"])
+    for row in rows
+    for fw in ("jax", "torch")
+    if len(row.get(fw, {}).get("rounds", [])) > 1
+  ]
   if spreads:
     print("\nsteps/s of each round, sorted: " + "; ".join(spreads))
   loads = [o["load"] for result in results for outs in result.values() for o in outs]
   if loads:
-    print(f"\n1-minute load average at the end of each measurement: {min(loads):.1f} to "
-          f"{max(loads):.1f} ({os.cpu_count()} CPUs; above that, other work shared the CPUs)")
-  print("\nratio = JAX / PyTorch steps/s. GFLOP/step from XLA's cost analysis of our step (both "
-        "sides compute the same network). float32 = TF32 on GPU (both sides). "
-        "'rss' = process peak resident memory (CPU), else the device allocator's peak.")
+    print(
+      f"\n1-minute load average at the end of each measurement: {min(loads):.1f} to "
+      f"{max(loads):.1f} ({os.cpu_count()} CPUs; above that, other work shared the CPUs)"
+    )
+  print(
+    "\nratio = JAX / PyTorch steps/s. GFLOP/step from XLA's cost analysis of our step (both "
+    "sides compute the same network). float32 = TF32 on GPU (both sides). "
+    "'rss' = process peak resident memory (CPU), else the device allocator's peak."
+  )
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
 

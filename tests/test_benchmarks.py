@@ -23,8 +23,14 @@ NUMBER = r"[0-9]+(?:\.[0-9]+)?(?:e[-+][0-9]+)?"
 
 def _run(script: str, *args: str, timeout: int = 240) -> str:
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+  result = subprocess.run(
+    [sys.executable, str(ROOT / "benchmarks" / script), *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   return result.stdout
 
@@ -35,7 +41,7 @@ def _table(stdout: str, first_column: str) -> tuple[list[str], list[list[str]]]:
   start = next(i for i, line in enumerate(lines) if line.startswith(first_column))
   assert set(lines[start + 1]) == {"-"}
   rows = []
-  for line in lines[start + 2:]:
+  for line in lines[start + 2 :]:
     if not line.strip():
       break
     rows.append(line)
@@ -48,10 +54,11 @@ def test_train_throughput_smoke():
   _, rows = _table(out, "network")
   assert len(rows) == 2, out
   pattern = re.compile(
-      rf"tiny +4 (float32|bfloat16) +(?P<jax>{NUMBER}) +(?P<torch>{NUMBER}) +"
-      rf"(?P<ratio>{NUMBER})x +(?P<gflop>{NUMBER}) +(?P<jax_tf>{NUMBER}) +(?P<pt_tf>{NUMBER}) +"
-      rf"(?P<jax_mfu>{NUMBER})% +(?P<pt_mfu>{NUMBER})% +(?P<jax_gb>{NUMBER}) rss +"
-      rf"(?P<pt_gb>{NUMBER}) rss$")
+    rf"tiny +4 (float32|bfloat16) +(?P<jax>{NUMBER}) +(?P<torch>{NUMBER}) +"
+    rf"(?P<ratio>{NUMBER})x +(?P<gflop>{NUMBER}) +(?P<jax_tf>{NUMBER}) +(?P<pt_tf>{NUMBER}) +"
+    rf"(?P<jax_mfu>{NUMBER})% +(?P<pt_mfu>{NUMBER})% +(?P<jax_gb>{NUMBER}) rss +"
+    rf"(?P<pt_gb>{NUMBER}) rss$"
+  )
   dtypes = []
   for row in rows:
     match = pattern.fullmatch(row.strip())
@@ -69,8 +76,13 @@ def test_inference_smoke():
   out = _run("inference.py", "--smoke")
   assert "host: " in out
   _, rows = _table(out, "image")
-  methods = ["ours, auto", "ours, tile 8", "ours, untiled", "official forward_chop",
-             "official, untiled"]
+  methods = [
+    "ours, auto",
+    "ours, tile 8",
+    "ours, untiled",
+    "official forward_chop",
+    "official, untiled",
+  ]
   assert len(rows) == 2 * len(methods), out
   parsed = {}
   for row in rows:
@@ -96,18 +108,22 @@ def test_inference_smoke():
 
 
 def _load_inference_module():
-  spec = importlib.util.spec_from_file_location("bench_inference",
-                                                ROOT / "benchmarks" / "inference.py")
+  spec = importlib.util.spec_from_file_location(
+    "bench_inference", ROOT / "benchmarks" / "inference.py"
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
 
 
-@pytest.mark.parametrize("h, w, scale, min_size, calls", [
+@pytest.mark.parametrize(
+  "h, w, scale, min_size, calls",
+  [
     (47, 61, 2, 160000, 4),  # one level: four quadrants
     (339, 510, 4, 20000, 16),  # two levels
     (33, 40, 3, 500, 64),  # odd sizes, x3, three levels
-])
+  ],
+)
 def test_forward_chop_places_every_quadrant(h, w, scale, min_size, calls):
   bench = _load_inference_module()
   seen = []
