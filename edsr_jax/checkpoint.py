@@ -407,7 +407,8 @@ def load_params(path: str | os.PathLike, use_ema: bool | None = None):
       f"({errors.one_line(e, innermost=True)}): model = {saved}"
     ) from None
   item = params_item(config, use_ema, step_dir)
-  logging.info("%s: restoring %s", step_dir, "the EMA parameters" if item != "params" else item)
+  ema = item == "ema_params"
+  logging.info("%s: restoring the %s", step_dir, "EMA of the parameters" if ema else "parameters")
   return config, _restore_params(step_dir, model, scale, item), step_dir
 
 

@@ -193,7 +193,8 @@ def test_sigterm_and_resume_with_ema_end_bitwise_equal(tmp_path):
   _wait_for_checkpoint(proc, workdir, 5)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
-  assert proc.returncode == 0, err[-3000:]
+  # Saved and stopped: exit 0, or 75 (EX_TEMPFAIL) where the CLI says "run it again" so.
+  assert proc.returncode in (0, 75), err[-3000:]
   assert 5 <= max(_finished_steps(workdir)) < steps
   _run(_cmd(workdir, steps, ema, "--config.checkpoint_every_steps=5"))
   for use_ema in (True, False):
