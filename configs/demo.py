@@ -40,6 +40,9 @@ def get_config(arg: str | None = None):
   c.model.scale = 2
   c.model.num_blocks = 8
   c.model.num_features = 32
+  # bfloat16 compute where the CPU has it natively (same PSNR at equal steps, faster);
+  # float32 elsewhere. Parameters, Adam and the loss stay float32.
+  c.model.dtype = "auto"
   # A short run: a larger learning rate than the paper's, halved twice on the way.
   c.num_train_steps = 2000
   c.learning_rate = 1e-3

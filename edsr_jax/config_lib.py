@@ -19,7 +19,8 @@ from edsr_jax import errors, models
 
 MODEL_NAMES = ("edsr", "mdsr")
 DATA_SOURCES = ("demo", "folder", "tfds")
-DTYPES = ("float32", "bfloat16", "float16")
+# "auto": bfloat16 on a CPU that computes it natively, else float32 (models.compute_dtype).
+DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 def base_config() -> ml_collections.ConfigDict:

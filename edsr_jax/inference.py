@@ -174,7 +174,7 @@ class Upscaler:
     self.params = params
     self.source = source
     self.ema = ema  # `params` is the EMA of the trained parameters (config.ema_decay)
-    dtype = jnp.dtype(config.model.dtype if dtype is None else dtype)
+    dtype = models.compute_dtype(config.model.dtype) if dtype is None else jnp.dtype(dtype)
     self.model = models.create_model(config.model, dtype)
     self.scales = models.model_scales(config.model)
     self._forward = jax.jit(

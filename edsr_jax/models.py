@@ -12,6 +12,9 @@ weights can be imported and numbers compared:
 `dtype` is the compute type (e.g. bfloat16 on TPU); parameters are always float32.
 """
 
+import functools
+import pathlib
+import platform
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +31,46 @@ RGB_RANGE = 255.0
 # official networks' layout; inference (receptive field) and the weights import read it.
 UPSAMPLE_STAGES = {2: (2,), 3: (3,), 4: (2, 2)}
 SCALES = tuple(UPSAMPLE_STAGES)
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None, machine: str | None = None) -> bool:
+  """Whether the host CPU computes bfloat16 dot products in hardware.
+
+  x86-64: AVX512_BF16 (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and
+  later) or AMX-BF16; aarch64: the BF16 extension (Neoverse V1/N2/V2: Graviton3/4, Grace).
+  Read from /proc/cpuinfo; anything unreadable counts as no.
+  """
+  machine = (machine or platform.machine()).lower()
+  if cpuinfo is None:
+    try:
+      cpuinfo = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+      return False
+  flags = set()
+  for line in cpuinfo.splitlines():
+    key, _, value = line.partition(":")
+    if key.strip().lower() in ("flags", "features"):
+      flags.update(value.lower().split())
+  if machine in ("x86_64", "amd64"):
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+  if machine in ("aarch64", "arm64"):
+    return "bf16" in flags
+  return False
+
+
+@functools.cache
+def compute_dtype(name: str) -> jnp.dtype:
+  """`config.model.dtype` as a JAX dtype.
+
+  "auto" is bfloat16 when JAX runs on a CPU that computes it natively and float32
+  everywhere else (GPU and TPU keep the paper's float32 unless asked). Measured on the
+  demo (2-core Zen 4): bfloat16 trained ~1.1x faster to the same PSNR at equal steps
+  (35.23 vs 35.21 dB after 2,000 steps); parameters, Adam and the loss stay float32.
+  """
+  if name == "auto":
+    native = jax.default_backend() == "cpu" and cpu_has_native_bf16()
+    return jnp.dtype(jnp.bfloat16 if native else jnp.float32)
+  return jnp.dtype(name)
 
 
 def _reshape_keep_batch_sharding(x: jnp.ndarray, shape: tuple[int, ...]) -> jnp.ndarray:

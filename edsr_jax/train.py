@@ -256,7 +256,7 @@ def _train(config, workdir, scales, sampler, val_images) -> TrainState:
     cleanup.callback(manager.close)
 
     mesh = make_mesh()
-    model = models.create_model(config.model, jnp.dtype(config.model.dtype))
+    model = models.create_model(config.model, models.compute_dtype(config.model.dtype))
     tx = make_optimizer(config)
     schedule = learning_rate_schedule(config)
     state = create_train_state(config, model, tx, mesh, jax.random.key(config.seed))

@@ -9,6 +9,8 @@ import pytest
 
 from edsr_jax import config_lib, models
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
 CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 
 # Trainable parameters of the official networks (EDSR_FACTS.md, mean shift excluded).
@@ -137,3 +139,29 @@ def test_compute_dtype_keeps_float32_params():
   assert out.dtype == jnp.float32
   full = models.EDSR(scale=2, num_blocks=1, num_features=8).apply(variables, x)
   np.testing.assert_allclose(out, full, rtol=0.05, atol=1.0)
+
+
+ZEN4_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512vl\n"
+ZEN3_FLAGS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+def test_native_bf16_detection_reads_cpu_flags():
+  assert models.cpu_has_native_bf16(ZEN4_FLAGS, "x86_64")
+  assert not models.cpu_has_native_bf16(ZEN3_FLAGS, "x86_64")
+  assert models.cpu_has_native_bf16(GRAVITON3, "aarch64")
+  assert not models.cpu_has_native_bf16(ZEN4_FLAGS.replace("avx512_bf16", ""), "x86_64")
+  assert not models.cpu_has_native_bf16("", "riscv64")
+
+
+def test_auto_dtype_is_bfloat16_only_on_a_native_bf16_cpu():
+  expected = jnp.bfloat16 if models.cpu_has_native_bf16() else jnp.float32
+  assert jax.default_backend() == "cpu"
+  assert models.compute_dtype("auto") == jnp.dtype(expected)
+  assert models.compute_dtype("float32") == jnp.dtype(jnp.float32)
+  demo = config_lib.load_config_file(str(REPO / "configs" / "demo.py"))
+  assert demo.model.dtype == "auto"
+  model = models.create_model(demo.model, models.compute_dtype(demo.model.dtype))
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), 2)["params"]
+  # Parameters stay float32 whatever the compute type.
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
