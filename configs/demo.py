@@ -40,9 +40,8 @@ def get_config(arg: str | None = None):
   c.model.scale = 2
   c.model.num_blocks = 8
   c.model.num_features = 32
-  # bfloat16 compute where the CPU has it natively (same PSNR at equal steps, faster);
-  # float32 elsewhere. Parameters, Adam and the loss stay float32.
-  c.model.dtype = "auto"
+  # float32 compute: bfloat16 ("auto" picks it on a CPU with native bf16) measured no
+  # faster here, since XLA:CPU runs bf16 convolutions in f32 (benchmarks/README.md).
   # A short run: a larger learning rate than the paper's, halved twice on the way.
   c.num_train_steps = 2000
   c.learning_rate = 1e-3

@@ -77,9 +77,8 @@ def get_config(arg: str | None = None):
   c.model.scale = scale
   c.model.num_blocks = 16
   c.model.num_features = 32
-  # bfloat16 compute where the CPU has it natively (same PSNR at equal steps, faster);
-  # float32 elsewhere. Parameters, Adam and the loss stay float32.
-  c.model.dtype = "auto"
+  # float32 compute: bfloat16 ("auto" picks it on a CPU with native bf16) measured no
+  # faster here, since XLA:CPU runs bf16 convolutions in f32 (benchmarks/README.md).
   c.model.res_scale = 1.0
   c.patch_size = PATCH_SIZES[scale]
   c.batch_size = 16

