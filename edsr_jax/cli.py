@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 
 from absl import app, flags
@@ -61,6 +62,9 @@ class _QuietLibraries(logging.Filter):
 
 def quiet_library_logs() -> None:
   absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+  # A failed orbax write abandons coroutines it had created; Python warns about each
+  # when it is garbage-collected, possibly while exiting, after the error line.
+  warnings.filterwarnings("ignore", r"coroutine .* was never awaited", RuntimeWarning)
 
 
 def log(message: str) -> None:
