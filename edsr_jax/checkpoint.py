@@ -13,6 +13,8 @@ import errno
 import json
 import os
 import re
+import secrets
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -450,3 +452,56 @@ def init_from(state, path: str, tx, mesh):
   params = jax.device_put(params, NamedSharding(mesh, P()))
   state = state.replace(params=params, opt_state=tx.init(params))
   return state.with_ema(getattr(state, "ema_decay", 0.0))  # any EMA starts at them too
+
+
+def existing_steps(output: str) -> list[str]:
+  """Names in `<output>/checkpoints`, sorted (empty when there is no such folder)."""
+  ckpt_dir = checkpoint_dir(output)
+  return sorted(p.name for p in ckpt_dir.iterdir()) if ckpt_dir.is_dir() else []
+
+
+def write_fresh_workdir(output: str, train_state, config, *, replace: bool) -> None:
+  """Writes `train_state` as `<output>/checkpoints/0` (import_torch, export), via a temporary
+  folder beside `output`.
+
+  The checkpoint is saved into `.<name>.write-tmp-*` in `output`'s parent and renamed
+  into place once complete; on any failure (a full or read-only disk, Ctrl-C) the
+  temporary folder is removed, so nothing is left that would block the same command
+  once the problem is fixed. `replace`: swap out `<output>/checkpoints` (--overwrite).
+  """
+  target = os.path.abspath(output)
+  parent, name = os.path.split(target)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{name}.write-tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    os.mkdir(tmp)
+  except OSError as e:
+    raise errors.CheckpointError(
+      f"cannot write --output={output}: {e.strerror or errors.one_line(e)} ({e.filename})"
+    ) from None
+  try:
+    manager = make_manager(tmp)
+    try:
+      save(manager, 0, train_state, config)
+    finally:
+      manager.close()
+    if not os.path.exists(target):
+      os.rename(tmp, target)
+      return
+    if replace:  # --overwrite: training resumes from the latest step, so clear them all
+      shutil.rmtree(checkpoint_dir(target))
+    os.rename(checkpoint_dir(tmp), checkpoint_dir(target))
+  except errors.CheckpointError as e:
+    cause = e.__cause__ or e
+    reason = os_error(cause)
+    detail = errors.one_line(cause, innermost=True)
+    raise errors.CheckpointError(
+      f"cannot write --output={output}: {f'{reason} ({detail})' if reason else detail}; "
+      "nothing was written there"
+    ) from e
+  except OSError as e:
+    raise errors.CheckpointError(
+      f"cannot write --output={output}: {e.strerror or errors.one_line(e)} ({e.filename})"
+    ) from e
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -3,7 +3,8 @@ r"""Scores a trained checkpoint on the standard benchmarks, next to bicubic upsc
 Usage:
   python -m edsr_jax.evaluate --checkpoint=runs/x2 --benchmark_dir=/data/benchmark \
       [--datasets=Set5,Set14,B100,Urban100] [--scales=2,3,4] [--self_ensemble] \
-      [--output_json=scores.json] [--save_images=results] [--tile_size=N] [--max_images=N]
+      [--output_json=scores.json] [--save_images=results] [--tile_size=N] [--max_images=N] \
+      [--nouse_ema]
 
 Each dataset is `--benchmark_dir/<Set>/HR/<name>.png` with its LR inputs in
 `<Set>/LR_bicubic/X<s>/<name>x<s>.png` (the official EDSR layout). The name `DIV2K`
@@ -65,6 +66,12 @@ def _define_flags() -> None:
   )
   flags.DEFINE_integer(
     "max_images", None, "Score only the first N images of each set.", lower_bound=1
+  )
+  flags.DEFINE_bool(
+    "use_ema",
+    None,
+    "Score the EMA of the parameters (the default when the run kept one) or, with "
+    "--nouse_ema, the parameters themselves.",
   )
 
 
@@ -200,7 +207,7 @@ def run() -> dict:
   save_images = pathlib.Path(FLAGS.save_images) if FLAGS.save_images else None
   if save_images is not None and save_images.exists() and not save_images.is_dir():
     raise errors.UserError(f"--save_images {save_images} exists and is not a folder")
-  upscaler = inference.load(FLAGS.checkpoint)
+  upscaler = inference.load(FLAGS.checkpoint, use_ema=FLAGS.use_ema)
   scales = parse_scales(FLAGS.scales, upscaler.scales)
   cli.log(
     f"evaluate: {upscaler}; {', '.join(FLAGS.datasets)} at {', '.join(f'x{s}' for s in scales)}"

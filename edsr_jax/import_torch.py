@@ -28,8 +28,6 @@ checkpoints) end the run with a one-line message and exit status 1.
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -73,11 +71,6 @@ def _define_flags() -> None:
 def _check_scale_flag(name: str, value: int) -> None:
   if value not in models.SCALES:
     raise errors.UserError(f"--{name}={value} is invalid: allowed one of {models.SCALES}")
-
-
-def _existing_checkpoints(output: str) -> list[str]:
-  ckpt_dir = checkpoint.checkpoint_dir(output)
-  return sorted(p.name for p in ckpt_dir.iterdir()) if ckpt_dir.is_dir() else []
 
 
 def make_config(arch: torch_weights.Architecture, res_scale: float):
@@ -129,7 +122,7 @@ def convert(
   output = os.fspath(output)
   if os.path.exists(output) and not os.path.isdir(output):
     raise errors.UserError(f"--output={output} exists and is not a folder")
-  existing = _existing_checkpoints(output)
+  existing = checkpoint.existing_steps(output)
   if existing and not overwrite:
     raise errors.CheckpointError(
       f"{checkpoint.checkpoint_dir(output)} already holds checkpoint(s) {existing}; "
@@ -179,7 +172,7 @@ def convert(
   train_state = jax.jit(lambda p: train.new_train_state(p, tx), out_shardings=replicated)(params)
 
   ckpt_dir = checkpoint.checkpoint_dir(output)
-  _write_checkpoint(output, train_state, config, replace=bool(existing))
+  checkpoint.write_fresh_workdir(output, train_state, config, replace=bool(existing))
   return {
     "arch": arch,
     "res_scale": float(res_scale),
@@ -187,52 +180,6 @@ def convert(
     "num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
     "checkpoint_dir": str(ckpt_dir / "0"),
   }
-
-
-def _write_checkpoint(output: str, train_state, config, *, replace: bool) -> None:
-  """Writes `<output>/checkpoints/0` through a temporary folder beside `output`.
-
-  The checkpoint is saved into `.<name>.import-tmp-*` in `output`'s parent and renamed
-  into place once complete; on any failure (a full or read-only disk, Ctrl-C) the
-  temporary folder is removed, so nothing is left that would block the same command
-  once the problem is fixed. `replace`: swap out `<output>/checkpoints` (--overwrite).
-  """
-  target = os.path.abspath(output)
-  parent, name = os.path.split(target)
-  try:
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}.import-tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    os.mkdir(tmp)
-  except OSError as e:
-    raise errors.CheckpointError(
-      f"cannot write --output={output}: {e.strerror or errors.one_line(e)} ({e.filename})"
-    ) from None
-  try:
-    manager = checkpoint.make_manager(tmp)
-    try:
-      checkpoint.save(manager, 0, train_state, config)
-    finally:
-      manager.close()
-    if not os.path.exists(target):
-      os.rename(tmp, target)
-      return
-    if replace:  # --overwrite: training resumes from the latest step, so clear them all
-      shutil.rmtree(checkpoint.checkpoint_dir(target))
-    os.rename(checkpoint.checkpoint_dir(tmp), checkpoint.checkpoint_dir(target))
-  except errors.CheckpointError as e:
-    cause = e.__cause__ or e
-    reason = checkpoint.os_error(cause)
-    detail = errors.one_line(cause, innermost=True)
-    raise errors.CheckpointError(
-      f"cannot write --output={output}: {f'{reason} ({detail})' if reason else detail}; "
-      "nothing was written there"
-    ) from e
-  except OSError as e:
-    raise errors.CheckpointError(
-      f"cannot write --output={output}: {e.strerror or errors.one_line(e)} ({e.filename})"
-    ) from e
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _as_flag(error: errors.WeightsError) -> errors.WeightsError:

@@ -48,6 +48,12 @@ def _define_flags() -> None:
   flags.DEFINE_integer(
     "tile_size", None, "Tile side in LR pixels; default automatic, 0 = whole image.", lower_bound=0
   )
+  flags.DEFINE_bool(
+    "use_ema",
+    None,
+    "Use the EMA of the parameters (the default when the run kept one) or, with "
+    "--nouse_ema, the parameters themselves.",
+  )
 
 
 def collect_inputs(args: list[str]) -> tuple[list[pathlib.Path], list[str]]:
@@ -85,7 +91,7 @@ def main(argv: list[str]) -> int:
   if output_dir.exists() and not output_dir.is_dir():
     raise errors.UserError(f"--output_dir {output_dir} exists and is not a folder")
 
-  upscaler = inference.load(FLAGS.checkpoint)
+  upscaler = inference.load(FLAGS.checkpoint, use_ema=FLAGS.use_ema)
   try:
     scale = upscaler.resolve_scale(FLAGS.scale)
   except ValueError as e:  # the library's check of its argument, here a flag
