@@ -1,7 +1,8 @@
 r"""Draws a training run's validation PSNR against the training step, as a PNG.
 
   python scripts/plot_validation_curve.py runs/edsr_291_x2 \
-      [--output=runs/edsr_291_x2/validation_psnr.png] [--title=...] [--width=960 --height=600]
+      [--output=runs/edsr_291_x2/validation_psnr.png] [--title=...] [--width=960 --height=600] \
+      [--ymin=33]
 
 Reads the TensorBoard event files directly in the workdir (`events.out.tfevents.*`; a
 resumed run adds one per start, and a step logged twice keeps its latest value): the
@@ -123,8 +124,14 @@ def _dashed(draw, points, color, width, dash=10, gap=6):
       pos = end + gap
 
 
-def draw_plot(curves, title: str, width: int = 960, height: int = 600) -> Image.Image:
-  """The line plot of `curves` (see read_curves) on a white canvas, legend below it."""
+def draw_plot(
+  curves, title: str, width: int = 960, height: int = 600, y_min: float | None = None
+) -> Image.Image:
+  """The line plot of `curves` (see read_curves) on a white canvas, legend below it.
+
+  `y_min`: the lowest PSNR shown (default: the lowest value); lower points sit on the
+  bottom axis, so the top of a curve that starts far below can be read.
+  """
   image = Image.new("RGB", (width, height), "white")
   draw = ImageDraw.Draw(image)
   font, small, big = _font(15), _font(13), _font(18)
@@ -139,15 +146,18 @@ def draw_plot(curves, title: str, width: int = 960, height: int = 600) -> Image.
   values = [v for points in curves.values() for v in points.values() if math.isfinite(v)]
   x_ticks = nice_ticks(0, max(steps), 6)
   x_max = x_ticks[-1]
-  pad = max(0.03 * (max(values) - min(values)), 0.05)
-  y_ticks = nice_ticks(min(values) - pad, max(values) + pad, 6)
+  if y_min is not None and y_min >= max(values):
+    raise PlotError(f"--ymin={y_min:g} is not below the highest value, {max(values):.3f} dB")
+  low = min(values) if y_min is None else y_min
+  pad = max(0.03 * (max(values) - low), 0.05)
+  y_ticks = nice_ticks(low if y_min is not None else low - pad, max(values) + pad, 6)
   y_low, y_high = y_ticks[0], y_ticks[-1]
 
   def x_of(step):
     return left + (right - left) * step / x_max
 
   def y_of(value):
-    return bottom - (bottom - top) * (value - y_low) / (y_high - y_low)
+    return bottom - (bottom - top) * (max(value, y_low) - y_low) / (y_high - y_low)
 
   # Grid, ticks and their labels; axes; title and axis labels.
   for t in y_ticks:
@@ -207,11 +217,12 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--title", help="default: '<workdir name>: validation PSNR'")
   parser.add_argument("--width", type=int, default=960)
   parser.add_argument("--height", type=int, default=600)
+  parser.add_argument("--ymin", type=float, help="lowest PSNR shown; lower points on the axis")
   args = parser.parse_args(argv)
   try:
     curves = read_curves(args.workdir)
     title = args.title or f"{args.workdir.resolve().name}: validation PSNR"
-    image = draw_plot(curves, title, args.width, args.height)
+    image = draw_plot(curves, title, args.width, args.height, args.ymin)
     output = args.output or args.workdir / "validation_psnr.png"
     try:
       output.parent.mkdir(parents=True, exist_ok=True)

@@ -108,3 +108,22 @@ def test_a_folder_without_validation_is_one_error_line(tmp_path):
   assert result.returncode == 1
   assert "no validation PSNR (val/psnr or val/psnr_x<s>)" in result.stderr
   assert not (tmp_path / "validation_psnr.png").exists()
+
+
+def test_ymin_keeps_the_top_of_the_curve_readable():
+  """With --ymin the axis starts there: the last two points, 0.2 dB apart, are far apart."""
+  module = _module()
+  curves = {("model", None): {1000: 21.5, 2000: 36.0, 3000: 36.2}}
+  color = module.COLORS[0]
+
+  def dot_row(image, column):  # centre of the curve's pixels around a column, above the legend
+    mask = np.all(np.asarray(image)[:540, column - 1 : column + 2] == color, axis=-1)
+    return float(np.nonzero(mask.any(axis=1))[0].mean())
+
+  # Plot area: x from 80 (step 0) to 930 (step 3,000), bottom axis at y = 508.
+  full, clipped = module.draw_plot(curves, "t"), module.draw_plot(curves, "t", y_min=35)
+  assert abs(dot_row(full, 647) - dot_row(full, 929)) < 10
+  assert abs(dot_row(clipped, 647) - dot_row(clipped, 929)) > 40
+  assert abs(dot_row(clipped, 364) - 508) < 6  # step 1,000 (21.5 dB) sits on the axis
+  with pytest.raises(module.PlotError, match="--ymin=40 is not below the highest value"):
+    module.draw_plot(curves, "t", y_min=40)
