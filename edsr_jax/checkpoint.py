@@ -454,6 +454,18 @@ def init_from(state, path: str, tx, mesh):
   return state.with_ema(getattr(state, "ema_decay", 0.0))  # any EMA starts at them too
 
 
+EXPORT_RECORD = "export.json"  # written by `export` beside checkpoints/: where they came from
+
+
+def export_record(step_dir: str | os.PathLike) -> dict | None:
+  """The `export.json` of the workdir holding `step_dir`, or None (not an export, unreadable)."""
+  try:
+    record = json.loads((epath.Path(step_dir).parent.parent / EXPORT_RECORD).read_text())
+  except (OSError, ValueError):
+    return None
+  return record if isinstance(record, dict) else None
+
+
 def existing_steps(output: str) -> list[str]:
   """Names in `<output>/checkpoints`, sorted (empty when there is no such folder)."""
   ckpt_dir = checkpoint_dir(output)

@@ -33,7 +33,7 @@ import time
 
 from absl import app, flags
 
-from edsr_jax import cli, data, errors, image_io, inference, metrics, tfds_data
+from edsr_jax import checkpoint, cli, data, errors, image_io, inference, metrics, tfds_data
 
 FLAGS = flags.FLAGS
 DEFAULT_DATASETS = ("Set5", "Set14", "B100", "Urban100")
@@ -243,9 +243,13 @@ def run() -> dict:
         save_dir=save_dir,
       )
 
-  step = pathlib.Path(upscaler.source).name
-  label = f"{upscaler.config.model.name.upper()}{'+' if FLAGS.self_ensemble else ''} (step {step}"
-  label += ", EMA)" if upscaler.ema else ")"
+  # Shipped weights (`export`) are step 0 of their own workdir: name the step they were.
+  exported = checkpoint.export_record(upscaler.source)
+  if exported is not None and isinstance(exported.get("step"), int):
+    what = f"exported step {exported['step']}{', EMA' if exported.get('ema') is True else ''}"
+  else:
+    what = f"step {pathlib.Path(upscaler.source).name}{', EMA' if upscaler.ema else ''}"
+  label = f"{upscaler.config.model.name.upper()}{'+' if FLAGS.self_ensemble else ''} ({what})"
   print(format_table(results, label))
   if FLAGS.output_json:
     out = pathlib.Path(FLAGS.output_json)

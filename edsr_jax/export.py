@@ -82,7 +82,7 @@ def export(path: str, output: str, use_ema: bool | None = None, overwrite: bool 
     "num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
   }
   try:
-    with open(os.path.join(output, "export.json"), "w") as f:
+    with open(os.path.join(output, checkpoint.EXPORT_RECORD), "w") as f:
       f.write(json.dumps(summary, indent=2) + "\n")
   except OSError as e:
     raise errors.UserError(

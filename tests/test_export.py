@@ -50,7 +50,7 @@ def _assert_same(a, b):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-def test_export_writes_the_ema_as_a_small_fresh_workdir(ema_run, tmp_path):
+def test_export_writes_the_ema_as_a_small_fresh_workdir(ema_run, tmp_path, shared_data):
   out = _cli(tmp_path, f"--checkpoint={ema_run}", "--output=shipped/x2", module="edsr_jax.export")
   assert out.returncode == 0, out.stderr
   shipped = tmp_path / "shipped" / "x2"  # relative to where the command ran
@@ -69,6 +69,11 @@ def test_export_writes_the_ema_as_a_small_fresh_workdir(ema_run, tmp_path):
   assert upscaler.config.model.to_dict() == checkpoint.load_params(ema_run)[0].model.to_dict()
   size = sum(p.stat().st_size for p in shipped.rglob("*") if p.is_file())
   assert size < 10 * 2**20
+  scored = _cli(
+    tmp_path, "--checkpoint=shipped/x2", f"--benchmark_dir={shared_data / 'benchmark'}",
+    "--datasets=Set5", "--max_images=1", module="edsr_jax.evaluate",
+  )  # fmt: skip
+  assert "EDSR (exported step 4, EMA)" in scored.stdout, scored.stdout + scored.stderr
 
   # A second export to the same place is refused and leaves it as it was.
   again = _cli(
