@@ -9,8 +9,12 @@ DEMO_ARGS ?=
 EDSR_SHARED_DATA ?= $(abspath ../shared/data)
 export EDSR_SHARED_DATA
 PYTEST_ARGS ?=
+# `make upscale IMAGES="photo.png more/"`: the shipped EDSR (pretrained/) on your images.
+IMAGES ?=
+SCALE ?= 2
+OUT ?= out
 
-.PHONY: demo test test-slow lint format venv lock clean
+.PHONY: demo upscale test test-slow lint format venv lock clean
 
 # The venv holds exactly the lock: it is made anew whenever the lock changes, and every
 # package is installed with --no-deps, so nothing unpinned can come in.
@@ -35,6 +39,11 @@ venv: $(VENV)/.test
 demo: $(VENV)/.project
 	$(VENV)/bin/python -m edsr_jax.demo --config=configs/demo.py --workdir=$(WORKDIR) $(DEMO_ARGS)
 
+upscale: $(VENV)/.project
+	$(if $(IMAGES),,$(error name your images: make upscale IMAGES="photo.png [more.jpg folder/]" [SCALE=3|4] [OUT=out]))
+	$(if $(filter 2 3 4,$(SCALE)),,$(error SCALE=$(SCALE): the shipped models are x2, x3 and x4))
+	$(VENV)/bin/python -m edsr_jax.upscale --checkpoint=pretrained/edsr_291_x$(SCALE) --output_dir=$(OUT) $(IMAGES)
+
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -43,7 +52,7 @@ format: $(VENV)/.test
 	$(VENV)/bin/ruff format .
 
 test: lint
-	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.test
 	$(VENV)/bin/python -m pytest -m slow $(PYTEST_ARGS)

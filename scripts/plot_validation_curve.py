@@ -130,7 +130,8 @@ def draw_plot(
   """The line plot of `curves` (see read_curves) on a white canvas, legend below it.
 
   `y_min`: the lowest PSNR shown (default: the lowest value); lower points sit on the
-  bottom axis, so the top of a curve that starts far below can be read.
+  bottom axis, so the top of a curve that starts far below can be read. Ignored, with a
+  warning, when no value is above it.
   """
   image = Image.new("RGB", (width, height), "white")
   draw = ImageDraw.Draw(image)
@@ -146,8 +147,13 @@ def draw_plot(
   values = [v for points in curves.values() for v in points.values() if math.isfinite(v)]
   x_ticks = nice_ticks(0, max(steps), 6)
   x_max = x_ticks[-1]
-  if y_min is not None and y_min >= max(values):
-    raise PlotError(f"--ymin={y_min:g} is not below the highest value, {max(values):.3f} dB")
+  if y_min is not None and y_min >= max(values):  # e.g. a short run: show it all instead
+    print(
+      f"plot_validation_curve: --ymin={y_min:g} ignored: not below the highest value, "
+      f"{max(values):.3f} dB",
+      file=sys.stderr,
+    )
+    y_min = None
   low = min(values) if y_min is None else y_min
   pad = max(0.03 * (max(values) - low), 0.05)
   y_ticks = nice_ticks(low if y_min is not None else low - pad, max(values) + pad, 6)

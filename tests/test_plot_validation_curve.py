@@ -125,5 +125,11 @@ def test_ymin_keeps_the_top_of_the_curve_readable():
   assert abs(dot_row(full, 647) - dot_row(full, 929)) < 10
   assert abs(dot_row(clipped, 647) - dot_row(clipped, 929)) > 40
   assert abs(dot_row(clipped, 364) - 508) < 6  # step 1,000 (21.5 dB) sits on the axis
-  with pytest.raises(module.PlotError, match="--ymin=40 is not below the highest value"):
-    module.draw_plot(curves, "t", y_min=40)
+
+
+def test_a_ymin_above_every_value_is_ignored_with_a_warning(capsys):
+  module = _module()
+  curves = {("model", None): {1000: 21.5, 2000: 36.0, 3000: 36.2}}
+  ignored = np.asarray(module.draw_plot(curves, "t", y_min=40))
+  np.testing.assert_array_equal(ignored, np.asarray(module.draw_plot(curves, "t")))
+  assert "--ymin=40 ignored: not below the highest value, 36.200 dB" in capsys.readouterr().err
