@@ -1,16 +1,18 @@
 """EDSR trained on the "291 images" (T91 + BSD200) on a CPU, validated on Set5.
 
 A result anyone can reproduce without an accelerator: the classic small training set
-(shared/data/train, see shared/data/SOURCES.md), a network small enough to train in
-about 90 minutes on 2 CPU cores, scored on Set5/Set14/B100 like the paper. The scale is
-the config argument, `:x2` (the default), `:x3` or `:x4`. From the repository root:
+(T91 and the 200 BSD training images, the set VDSR trained on), a network small enough
+to train in about 75 minutes on 2 CPU cores, scored on Set5/Set14/B100 like the paper.
+The weights this made ship in `pretrained/edsr_291_x{2,3,4}` (README, "Results"). The
+scale is the config argument, `:x2` (the default), `:x3` or `:x4`. From the repository
+root, with the data beside the checkout as in this project's CI:
 
   python -m edsr_jax.main --config=configs/edsr_291.py:x2 --workdir=runs/edsr_291_x2 \
       --config.data.train_dir=../shared/data/train/T91,../shared/data/train/BSD200 \
       --config.data.val_dir=../shared/data/benchmark/Set5
 
-x3 and x4 start from the trained x2 network, as in the paper (every parameter but the
-upsampler is copied from it):
+x3 and x4 fine-tune the trained x2 network, as in the paper (every parameter but the
+upsampler is copied from it; its EMA, as the run kept one), on a shorter schedule:
 
   python -m edsr_jax.main --config=configs/edsr_291.py:x3 --workdir=runs/edsr_291_x3 \
       --config.data.train_dir=../shared/data/train/T91,../shared/data/train/BSD200 \
@@ -19,36 +21,49 @@ upsampler is copied from it):
       --config.data.train_dir=../shared/data/train/T91,../shared/data/train/BSD200 \
       --config.data.val_dir=../shared/data/benchmark/Set5 --config.init_from=runs/edsr_291_x2
 
-Then score each run on the benchmarks and draw its validation curve:
+Then score each run on the benchmarks, write its weights for shipping and draw its
+validation curve:
 
   python -m edsr_jax.evaluate --checkpoint=runs/edsr_291_x2 \
-      --benchmark_dir=../shared/data/benchmark --datasets=Set5,Set14,B100 \
-      --output_json=runs/edsr_291_x2/scores.json
-  python scripts/plot_validation_curve.py runs/edsr_291_x2
+      --benchmark_dir=../shared/data/benchmark --datasets=Set5,Set14,B100
+  python -m edsr_jax.export --checkpoint=runs/edsr_291_x2 --output=pretrained/edsr_291_x2 \
+      --overwrite
+  python scripts/plot_validation_curve.py runs/edsr_291_x2 --ymin=33
 
-Expected (Y-PSNR, border = scale, the EMA parameters): not yet measured.
-  Set5 x2: not yet measured; Set14 x2: not yet measured; B100 x2: not yet measured.
-  Set5 x3: not yet measured; Set5 x4: not yet measured.
-  Training time on 2 CPU cores: not yet measured (x2 estimated at about 70 minutes).
-For comparison, on the same files: bicubic Set5 33.67 / 30.40 / 28.43 dB (x2/x3/x4);
-VDSR (CVPR 2016, 20 layers, trained on these 291 images) reports 37.53 / 33.66 / 31.35;
-an 8-block, 32-feature EDSR reached 37.15 dB on Set5 x2 after 5,000 steps (about 20
-minutes) with this recipe.
+Expected (measured 2026-11-30 on this project's 2-core AMD EPYC CPU machine; Y-PSNR /
+SSIM, border = scale, the EMA parameters of the last step; the shipped weights score
+exactly this):
+  x2 (12,000 steps from scratch, 72.8 min): Set5 37.56 / 0.9592, Set14 33.11 / 0.9133,
+      B100 31.90 / 0.8960
+  x3 (6,000 steps from the x2 network, 26.2 min): Set5 33.78 / 0.9221, Set14 29.88 / 0.8330,
+      B100 28.82 / 0.7979
+  x4 (8,000 steps from the x2 network, 21.6 min): Set5 31.44 / 0.8833, Set14 28.11 / 0.7696,
+      B100 27.26 / 0.7256
+Above VDSR on Set5 and Set14 at every scale; on B100 0.004 / 0.003 / 0.03 dB short of
+it (x2 / x3 / x4: 31.896, 28.817, 27.26).
+For comparison, VDSR (CVPR 2016, 20 layers, 665k parameters, trained on these 291
+images) reports Y-PSNR 37.53 / 33.03 / 31.90 (x2), 33.66 / 29.77 / 28.82 (x3) and
+31.35 / 28.01 / 27.29 (x4) on Set5 / Set14 / B100.
 
 Why this network and recipe: the EDSR baseline (16 blocks, 64 features, LR patch 48)
 trains at about 0.3 steps/s on a 2-core CPU: 90 minutes would be 1,600 steps. With 32
 features the 16 blocks cost a quarter of that per pixel; measured side by side on this
 CPU (batch 16, patch 32), 16 blocks x 32 features ran at 0.68x the speed of the demo's 8
-blocks x 32 features (4.3 steps/s on an idle machine), so about 2.9 steps/s, and 12
-blocks x 48 features at 0.28x. 16 x 32 keeps the baseline's depth (its receptive field)
-and fits 12,000 steps in the budget. The learning rate is the one measured to work for
-the 8 x 32 network on these images: Adam 1e-3, halved every 3,000 steps (the paper's
-1e-4 is for 300,000 steps). LR patches are the largest that every image allows: the
+blocks x 32 features, and 12 blocks x 48 features at 0.28x. 16 x 32 keeps the
+baseline's depth (its receptive field) and fits 12,000 x2 steps in the budget (2.8
+steps/s). The learning rate is the one measured to work for the 8 x 32 network on these
+images: Adam 1e-3, halved every 3,000 steps (the paper's 1e-4 is for 300,000 steps);
+the fine-tunes start at 5e-4. LR patches are the largest that every image allows: the
 smallest T91 image (t20.bmp, 78 pixels high) is 39 / 26 / 19 LR pixels at x2 / x3 / x4,
-so patches are 32 / 24 / 16 (HR 64 / 72 / 64). An EMA of the parameters (decay 0.999)
-is what validation and `evaluate` score; `--config.ema_decay=0` turns it off. It lags
-the parameters by about 1,000 steps, so the first validation points (step 1,000: 37%
-of its weight still on the initial network) are below the network's own.
+so patches are 32 / 24 / 16 (HR 64 / 72 / 64). float32: bfloat16 measured no faster on
+this CPU (XLA:CPU runs bf16 convolutions in f32, benchmarks/README.md).
+
+An EMA of the parameters (decay 0.999) is what validation, `evaluate` and `export` use;
+`--config.ema_decay=0` turns it off. Measured on the x2 run (Set5, the same checkpoints
+scored with and without it): the EMA is behind for the first 4,000 steps (it still
+carries the initial network: 36.63 vs 37.21 dB at step 4,000) and ahead at every
+checkpoint from 6,000 on (37.42 vs 37.35 at 6,000, 37.52 vs 37.23 at 8,000, 37.543 vs
+37.516 at 10,000, 37.557 vs 37.554 at 12,000), so it stays on.
 
 Quick smoke run on the built-in demo photos (a few steps, tiny batch):
 
@@ -60,6 +75,10 @@ from edsr_jax import config_lib, errors
 
 # LR patch side per scale: the largest that the smallest T91 image (78 px) allows.
 PATCH_SIZES = {2: 32, 3: 24, 4: 16}
+# (steps, learning rate, steps per halving). x2 trains from scratch; x3 and x4 fine-tune
+# the x2 network (--config.init_from): shorter, from a lower rate. x4 steps are the
+# cheapest (16x16 LR patches), so it gets more of them.
+SCHEDULES = {2: (12_000, 1e-3, 3_000), 3: (6_000, 5e-4, 1_500), 4: (8_000, 5e-4, 2_000)}
 
 
 def get_config(arg: str | None = None):
@@ -82,9 +101,7 @@ def get_config(arg: str | None = None):
   c.model.res_scale = 1.0
   c.patch_size = PATCH_SIZES[scale]
   c.batch_size = 16
-  c.num_train_steps = 12_000
-  c.learning_rate = 1e-3
-  c.lr_decay_steps = 3_000
+  c.num_train_steps, c.learning_rate, c.lr_decay_steps = SCHEDULES[scale]
   c.lr_decay_factor = 0.5
   c.ema_decay = 0.999
   c.log_every_steps = 100

@@ -12,6 +12,7 @@ What a test may change, and nothing else:
   appended after the README's own text;
 - placeholders for data a user brings: `/data/DIV2K` becomes a small DIV2K-layout folder
   made of Set5 images, `/data/benchmark` a folder of the real benchmark sets,
+  `/data/T91` and `/data/BSD200` the real training sets,
   `photo.png` a real photo, `edsr_baseline_x2-1bc95232.pt` a state_dict of the official
   architecture written by `torch.save` (random weights);
 - the launch scripts get `--dry-run`: they drive Cloud TPU and GPU hosts.
@@ -29,6 +30,7 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -38,6 +40,8 @@ TIMEOUT = 300
 PLACEHOLDERS = {
   "/data/DIV2K": "data/DIV2K",
   "/data/benchmark": "data/benchmark",
+  "/data/T91": "data/T91",
+  "/data/BSD200": "data/BSD200",
 }
 
 
@@ -62,6 +66,7 @@ def readme_commands() -> list[str]:
 # nothing here can (said plainly, and the test that covers the same code path).
 COMMANDS = {
   "make demo": "test_make_demo",
+  "make upscale": "test_make_upscale",
   "make test": "not run from inside itself: `.ci/run` runs it on every submission",
   ".venv/bin/python -m edsr_jax.main --config=configs/edsr_baseline_x2.py --workdir=runs/x2": (
     "test_train_interrupt_and_resume"
@@ -69,7 +74,15 @@ COMMANDS = {
   "--config.batch_size=64": "test_override_flags",
   "from edsr_jax import config_lib, train": "test_notebook_training_snippet",
   ".venv/bin/python -m edsr_jax.upscale": "test_upscale",
-  ".venv/bin/python -m edsr_jax.evaluate": "test_evaluate_then_score",
+  ".venv/bin/python -m edsr_jax.evaluate --checkpoint=runs/x2": "test_evaluate_then_score",
+  # And, as written (all three sets), test_shipped_weights_reproduce_the_whole_table (slow).
+  ".venv/bin/python -m edsr_jax.evaluate --checkpoint=pretrained/": (
+    "test_shipped_weights_reproduce_the_readme_on_set5"
+  ),
+  ".venv/bin/python -m edsr_jax.main --config=configs/edsr_291.py": "test_291_recipe",
+  ".venv/bin/python -m edsr_jax.export": "test_291_recipe",
+  ".venv/bin/python scripts/plot_validation_curve.py": "test_291_recipe",
+  ".venv/bin/python scripts/crop_comparison.py": "test_crop_comparison_of_the_shipped_x4",
   ".venv/bin/python -m edsr_jax.score": "test_evaluate_then_score",
   ".venv/bin/python -m edsr_jax.import_torch": "test_import_torch",
   "from edsr_jax import inference": "test_inference_snippet",
@@ -151,6 +164,8 @@ def readme_copy(tmp_path_factory, shared_data):
   (root / "data" / "benchmark").mkdir(parents=True)
   for name in ("Set5", "Set14", "B100"):
     os.symlink(benchmark / name, root / "data" / "benchmark" / name)
+  for name in ("T91", "BSD200"):
+    os.symlink(shared_data / "train" / name, root / "data" / name)
   # Urban100 is not among the shared sets: two Set14 images stand in under its name.
   urban = root / "data" / "benchmark" / "Urban100"
   for sub, suffix in (("HR", ""), ("LR_bicubic/X2", "x2")):
@@ -303,7 +318,9 @@ def test_upscale(readme_copy, x2_run):
 
 def test_evaluate_then_score(readme_copy, x2_run):
   result = run(
-    readme_copy, readme_command(".venv/bin/python -m edsr_jax.evaluate"), "--max_images=1"
+    readme_copy,
+    readme_command(".venv/bin/python -m edsr_jax.evaluate --checkpoint=runs/x2"),
+    "--max_images=1",
   )
   scores = json.loads((readme_copy / "runs/x2/scores.json").read_text())
   assert "Set5" in result.stdout and "Urban100" in result.stdout
@@ -371,3 +388,130 @@ def test_launch_blocks_dry_run(readme_copy):
   result = run(readme_copy, "set -e\n" + "\n".join(lines))
   assert "queued-resources create edsr-v4" in result.stdout, result.stdout
   assert "--workdir=gs://MY_BUCKET/runs/edsr_x2" in result.stdout
+
+
+def test_make_upscale(readme_copy):
+  run(readme_copy, readme_command("make upscale"))
+  from PIL import Image
+
+  with Image.open(readme_copy / "out" / "photo_x2_SR.png") as image:
+    assert image.size == (256, 256)
+  refused = run(readme_copy, "make upscale IMAGES=photo.png SCALE=5", check=False)
+  assert refused.returncode != 0 and "the shipped models are x2, x3 and x4" in refused.stderr
+
+
+def readme_results() -> dict[tuple[str, int], dict[str, tuple[float, float]]]:
+  """The README's Results table: {(set, scale): {"bicubic": (dB, SSIM), "ours": ...}}."""
+  section = README.read_text().split("\n## Results", 1)[1].split("\n## ", 1)[0]
+  rows = {}
+  for line in section.splitlines():
+    cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+    if len(cells) == 6 and re.fullmatch(r"x[234]", cells[1]):
+      pairs = [tuple(float(v) for v in cells[i].split(" / ")) for i in (2, 5)]
+      rows[cells[0], int(cells[1][1])] = dict(zip(("bicubic", "ours"), pairs, strict=True))
+  assert len(rows) == 9, rows
+  return rows
+
+
+def _rescore(readme_copy, tmp_name, *extra):
+  """Runs the README's evaluate commands on the shipped weights: {(set, scale): scores}."""
+  commands = [
+    c
+    for c in readme_commands()
+    if c.startswith(".venv/bin/python -m edsr_jax.evaluate --checkpoint=pretrained/")
+  ]
+  assert len(commands) == 3
+  scores = {}
+  for command in commands:
+    command = command.replace("/data/benchmark", "data/benchmark")
+    scale = int(re.search(r"pretrained/edsr_291_x(\d)", command)[1])
+    out = f"{tmp_name}_x{scale}.json"
+    run(readme_copy, command, *extra, f"--output_json={out}", timeout=900)
+    for name, by_scale in json.loads((readme_copy / out).read_text()).items():
+      scores[name, scale] = by_scale[f"x{scale}"]
+  return scores
+
+
+def _assert_reproduced(scores, table):
+  for key, got in scores.items():
+    ours, bicubic = table[key]["ours"], table[key]["bicubic"]
+    assert got["psnr"] == pytest.approx(ours[0], abs=0.01), key
+    assert got["ssim"] == pytest.approx(ours[1], abs=1e-4), key
+    assert got["bicubic_psnr"] == pytest.approx(bicubic[0], abs=0.01), key
+    assert got["bicubic_ssim"] == pytest.approx(bicubic[1], abs=1e-4), key
+
+
+def test_shipped_weights_reproduce_the_readme_on_set5(readme_copy):
+  """Each shipped model, loaded from pretrained/ by the README's command, scores what the
+  README's table says on Set5 (all five images) to 0.01 dB."""
+  scores = _rescore(readme_copy, "set5", "--datasets=Set5")
+  assert sorted(scores) == [("Set5", 2), ("Set5", 3), ("Set5", 4)]
+  _assert_reproduced(scores, readme_results())
+
+
+@pytest.mark.slow
+def test_shipped_weights_reproduce_the_whole_table(readme_copy):
+  scores = _rescore(readme_copy, "all")
+  assert len(scores) == 9
+  _assert_reproduced(scores, readme_results())
+
+
+def test_shipped_weights_are_small_fresh_workdirs():
+  for scale in (2, 3, 4):
+    folder = REPO / "pretrained" / f"edsr_291_x{scale}"
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size < 10 * 2**20, (folder, size)
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == ["0"]
+    assert json.loads((folder / "export.json").read_text())["ema"] is True
+
+
+TRAIN_291 = ".venv/bin/python -m edsr_jax.main --config=configs/edsr_291.py"
+SMALL_291 = (
+  "--config.num_train_steps=2",
+  "--config.batch_size=2",
+  "--config.checkpoint_every_steps=2",
+  "--config.eval_every_steps=2",
+  "--config.log_every_steps=1",
+  "--config.data.max_val_images=1",
+)
+
+
+def test_291_recipe(readme_copy):
+  """The Results section's training commands (x2, then x3 and x4 from it), the export
+  into pretrained/ and the curve, on the real 291 images with 2 steps each."""
+  trainings = [readme_command(c) for c in readme_commands() if c.startswith(TRAIN_291)]
+  assert [re.search(r"edsr_291\.py:(x\d)", c)[1] for c in trainings] == ["x2", "x3", "x4"]
+  for command in trainings:
+    result = run(readme_copy, command, *SMALL_291)
+    assert "training images: 291" in result.stderr
+    if ":x2" not in command:
+      assert "init_from" in command and "edsr_291_x2" in result.stderr
+  for name in ("x2", "x3", "x4"):
+    assert checkpoint_steps(readme_copy / "runs" / f"edsr_291_{name}") == [2]
+  exports = [c for c in readme_commands() if c.startswith(".venv/bin/python -m edsr_jax.export")]
+  assert len(exports) == 3
+  try:  # they replace the copy's shipped weights and picture: put them back afterwards
+    for command in exports:
+      run(readme_copy, command)
+    summary = json.loads((readme_copy / "pretrained/edsr_291_x4/export.json").read_text())
+    assert summary["step"] == 2
+    assert summary["source"].endswith("runs/edsr_291_x4/checkpoints/2")
+    (curve,) = [c for c in readme_commands() if "plot_validation_curve.py runs/edsr_291" in c]
+    target = readme_copy / re.search(r"--output=(\S+)", curve)[1]
+    target.unlink()
+    run(readme_copy, curve)
+    assert target.stat().st_size > 0
+  finally:
+    for folder in ("pretrained", "docs/results"):
+      shutil.rmtree(readme_copy / folder, ignore_errors=True)
+      shutil.copytree(REPO / folder, readme_copy / folder)
+
+
+def test_crop_comparison_of_the_shipped_x4(readme_copy):
+  command = readme_command(".venv/bin/python scripts/crop_comparison.py")
+  target = readme_copy / re.search(r"--output=(\S+)", command)[1]
+  target.unlink()  # the README shows the committed picture: the command makes it again
+  result = run(readme_copy, command)
+  assert re.search(r"bicubic x4: [\d.]+ dB; EDSR x4: [\d.]+ dB", result.stdout)
+  with Image.open(target) as made, Image.open(REPO / target.relative_to(readme_copy)) as shipped:
+    np.testing.assert_array_equal(np.asarray(made), np.asarray(shipped))
