@@ -476,6 +476,7 @@ SMALL_291 = (
 )
 
 
+@pytest.mark.slow  # ~50 s: three trainings on the 291 images; export and init_from have fast tests
 def test_291_recipe(readme_copy):
   """The Results section's training commands (x2, then x3 and x4 from it), the export
   into pretrained/ and the curve, on the real 291 images with 2 steps each."""
