@@ -472,6 +472,20 @@ def existing_steps(output: str) -> list[str]:
   return sorted(p.name for p in ckpt_dir.iterdir()) if ckpt_dir.is_dir() else []
 
 
+def check_fresh_output(output: str, overwrite: bool) -> list[str]:
+  """The checkpoints already in `--output` (import_torch, export), refused unless
+  `overwrite`; an `output` that is a file is refused too."""
+  if os.path.exists(output) and not os.path.isdir(output):
+    raise errors.UserError(f"--output={output} exists and is not a folder")
+  existing = existing_steps(output)
+  if existing and not overwrite:
+    raise errors.CheckpointError(
+      f"{checkpoint_dir(output)} already holds checkpoint(s) {existing}; "
+      "refusing to overwrite them (use another --output, or --overwrite to replace them)"
+    )
+  return existing
+
+
 def write_fresh_workdir(output: str, train_state, config, *, replace: bool) -> None:
   """Writes `train_state` as `<output>/checkpoints/0` (import_torch, export), via a temporary
   folder beside `output`.

@@ -55,14 +55,7 @@ def export(path: str, output: str, use_ema: bool | None = None, overwrite: bool 
   read, "step": its training step, "ema": whether the EMA was exported, "num_params"}.
   """
   output = os.fspath(output)
-  if os.path.exists(output) and not os.path.isdir(output):
-    raise errors.UserError(f"--output={output} exists and is not a folder")
-  existing = checkpoint.existing_steps(output)
-  if existing and not overwrite:
-    raise errors.CheckpointError(
-      f"{checkpoint.checkpoint_dir(output)} already holds checkpoint(s) {existing}; "
-      "refusing to overwrite them (use another --output, or --overwrite to replace them)"
-    )
+  existing = checkpoint.check_fresh_output(output, overwrite)
   config, params, step_dir = checkpoint.load_params(path, use_ema)
   ema = checkpoint.params_item(config, use_ema, step_dir) == "ema_params"
   config = config.copy_and_resolve_references()

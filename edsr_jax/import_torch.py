@@ -120,14 +120,7 @@ def convert(
   """Reads, checks and writes; returns {"arch", "res_scale", "res_scale_source",
   "num_params", "checkpoint_dir"}. Nothing is written unless every check passes."""
   output = os.fspath(output)
-  if os.path.exists(output) and not os.path.isdir(output):
-    raise errors.UserError(f"--output={output} exists and is not a folder")
-  existing = checkpoint.existing_steps(output)
-  if existing and not overwrite:
-    raise errors.CheckpointError(
-      f"{checkpoint.checkpoint_dir(output)} already holds checkpoint(s) {existing}; "
-      "refusing to overwrite them (use another --output, or --overwrite to replace them)"
-    )
+  existing = checkpoint.check_fresh_output(output, overwrite)
   if scale is not None:
     _check_scale_flag("scale", scale)
   for s in scales or ():
