@@ -26,8 +26,6 @@ import os
 import jax
 import numpy as np
 from absl import app, flags
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from edsr_jax import checkpoint, cli, errors, train
 
@@ -62,10 +60,7 @@ def export(path: str, output: str, use_ema: bool | None = None, overwrite: bool 
   config.ema_decay = 0.0
   config.init_from = ""
 
-  tx = train.make_optimizer(config)
-  replicated = NamedSharding(train.make_mesh(), P())
-  params = jax.device_put(params, replicated)
-  state = jax.jit(lambda p: train.new_train_state(p, tx), out_shardings=replicated)(params)
+  state = train.state_from_params(params, config)
   checkpoint.write_fresh_workdir(output, state, config, replace=bool(existing))
 
   summary = {

@@ -33,8 +33,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from edsr_jax import checkpoint, cli, config_lib, errors, models, torch_weights, train
 
@@ -158,11 +156,7 @@ def convert(
   params = torch_weights.to_flax_params(state, arch)
   _check_against_model(params, config)
 
-  # The same layout as train.create_train_state: replicated on the device mesh.
-  tx = train.make_optimizer(config)
-  replicated = NamedSharding(train.make_mesh(), P())
-  params = jax.device_put(params, replicated)
-  train_state = jax.jit(lambda p: train.new_train_state(p, tx), out_shardings=replicated)(params)
+  train_state = train.state_from_params(params, config)
 
   ckpt_dir = checkpoint.checkpoint_dir(output)
   checkpoint.write_fresh_workdir(output, train_state, config, replace=bool(existing))

@@ -121,6 +121,15 @@ def create_train_state(config, model, tx, mesh, rng) -> TrainState:
   return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(rng)
 
 
+def state_from_params(params, config) -> TrainState:
+  """Step 0 of `config`'s optimizer from given parameters (imported or exported weights),
+  replicated on the device mesh as `create_train_state` lays it out."""
+  tx = make_optimizer(config)
+  replicated = NamedSharding(make_mesh(), P())
+  params = jax.device_put(params, replicated)
+  return jax.jit(lambda p: new_train_state(p, tx), out_shardings=replicated)(params)
+
+
 def train_step(state: TrainState, batch, *, model, tx, scale: int):
   """One Adam step on the L1 loss (0..255 scale, as in the paper).
 
