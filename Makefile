@@ -29,9 +29,15 @@ $(VENV)/.project: $(VENV)/.runtime pyproject.toml
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
+# libtpu (the TPU compiler, for `python -m edsr_jax.aot`) goes to its own folder, not
+# site-packages: JAX tries to start a TPU runtime whenever libtpu is importable, which on a
+# machine without a TPU prints warnings from every program. edsr_jax.aot loads it from there.
 $(VENV)/.test: $(VENV)/.project requirements-test.lock
-	$(PIP) install --quiet --no-deps -r requirements-test.lock
+	grep -v '^libtpu==' requirements-test.lock > $(VENV)/requirements-test-site.txt
+	$(PIP) install --quiet --no-deps -r $(VENV)/requirements-test-site.txt
 	$(PIP) check
+	rm -rf $(VENV)/tpu-compiler
+	$(PIP) install --quiet --no-deps --target $(VENV)/tpu-compiler $$(grep '^libtpu==' requirements-test.lock)
 	touch $@
 
 venv: $(VENV)/.test

@@ -106,19 +106,56 @@ def make_optimizer(config) -> optim.Adam:
   )
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """The 1-D `data` mesh over `devices` (default: every device of every process).
+
+  `edsr_jax.aot` passes a TPU slice's compile-only devices to build the same mesh."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices)
 
 
-def create_train_state(config, model, tx, mesh, rng) -> TrainState:
-  """Initialises parameters directly onto the mesh, replicated."""
+def make_model_and_optimizer(config, dtype=None):
+  """The network (compute dtype from config.model.dtype unless given) and its Adam."""
+  dtype = models.compute_dtype(config.model.dtype) if dtype is None else jnp.dtype(dtype)
+  return models.create_model(config.model, dtype), make_optimizer(config)
+
+
+def _init_fn(config, model, tx):
   scale = models.model_scales(config.model)[0]
   dummy = jnp.zeros((1, config.patch_size, config.patch_size, 3), jnp.float32)
 
   def init(rng):
     return new_train_state(model.init(rng, dummy, scale)["params"], tx, config.ema_decay)
 
-  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(rng)
+  return init
+
+
+def create_train_state(config, model, tx, mesh, rng) -> TrainState:
+  """Initialises parameters directly onto the mesh, replicated."""
+  return jax.jit(_init_fn(config, model, tx), out_shardings=NamedSharding(mesh, P()))(rng)
+
+
+def train_state_shapes(config, model, tx, mesh) -> TrainState:
+  """The TrainState `create_train_state` makes, as ShapeDtypeStructs laid out on `mesh`
+  (nothing is computed or allocated): what ahead-of-time compilation takes."""
+  shapes = jax.eval_shape(_init_fn(config, model, tx), jax.random.key(0))
+  replicated = NamedSharding(mesh, P())
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  """A global batch is split over the `data` axis (each process feeds its own rows)."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def batch_shapes(config, mesh, scale: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global batch the train step receives at `scale` (uint8 patches, as
+  `data.PatchSampler.batch` makes them), as ShapeDtypeStructs sharded on `mesh`."""
+  b, p, sharding = config.batch_size, config.patch_size, batch_sharding(mesh)
+  return {
+    "lr": jax.ShapeDtypeStruct((b, p, p, 3), jnp.uint8, sharding=sharding),
+    "hr": jax.ShapeDtypeStruct((b, p * scale, p * scale, 3), jnp.uint8, sharding=sharding),
+  }
 
 
 def state_from_params(params, config) -> TrainState:
@@ -167,6 +204,8 @@ def train_step(state: TrainState, batch, *, model, tx, scale: int):
 
 
 def make_train_step(model, tx, mesh):
+  """The jitted step that training runs, and that `edsr_jax.aot` compiles for TPU slices:
+  state donated and replicated, batch sharded on `data`, one program per scale."""
   replicated = NamedSharding(mesh, P())
   return jax.jit(
     functools.partial(train_step, model=model, tx=tx),
@@ -265,8 +304,7 @@ def _train(config, workdir, scales, sampler, val_images) -> TrainState:
     cleanup.callback(manager.close)
 
     mesh = make_mesh()
-    model = models.create_model(config.model, models.compute_dtype(config.model.dtype))
-    tx = make_optimizer(config)
+    model, tx = make_model_and_optimizer(config)
     schedule = learning_rate_schedule(config)
     state = create_train_state(config, model, tx, mesh, jax.random.key(config.seed))
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -320,7 +358,6 @@ def _train(config, workdir, scales, sampler, val_images) -> TrainState:
     # Validation runs the network as inference does (tiled: bounded memory on large images)
     # with the current parameters, set before each use (the state is donated to each step).
     upscaler = inference.Upscaler(config, params=None)
-    batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
     preemption = PreemptionWatch()
     cleanup.callback(preemption.close)  # SIGTERM and SIGINT back to their previous handlers
     pending = []  # per-step metrics (device arrays) since the last log
@@ -328,7 +365,7 @@ def _train(config, workdir, scales, sampler, val_images) -> TrainState:
       sampler,
       range(start_step, config.num_train_steps),
       scales,
-      batch_sharding,
+      batch_sharding(mesh),
       config.prefetch_batches,
     )
     for step, scale, batch in batches:

@@ -29,8 +29,13 @@ Commands (every one needs --name, --zone and --project):
   setup    copy this checkout (tracked + untracked, not ignored files) to every worker,
            then on every worker: Python 3.11 venv in ~/edsr_jax/.venv (via uv) and
            pip install -r requirements.txt "jax[tpu]==0.10.2"
+  check    compile the train step for --accelerator_type here, with the TPU compiler
+           (python -m edsr_jax.aot; no TPU, no gcloud): HBM per chip, fits or not, FLOPs,
+           estimated step time. Takes the same flags as train.
   train    start training in the background on every worker, log in ~/edsr_train.log
              --config=configs/FILE.py --workdir=gs://BUCKET/DIR --tfds_data_dir=gs://BUCKET/tfds
+             --accelerator_type=v4-8 (the TPU's type: check runs first, here, and a config
+             that does not fit is refused) or --skip_check
              args after `--` go to edsr_jax.main as they are (e.g. -- --config.batch_size=32)
            Re-running train with the same --workdir resumes from its latest checkpoint.
   logs     follow the training log of one worker  [--worker=0]
@@ -61,7 +66,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # ---------------------------------------------------------------- flags
 COMMAND=${1:-}
 case $COMMAND in
-  create | setup | train | logs | stop | status | delete) shift ;;
+  create | setup | check | train | logs | stop | status | delete) shift ;;
   -h | --help | help) usage; exit 0 ;;
   "") usage_error "missing command" ;;
   *) usage_error "unknown command: $COMMAND" ;;
@@ -70,18 +75,19 @@ esac
 declare -A ALLOWED=(
   [create]="name zone project accelerator_type runtime_version provisioning"
   [setup]="name zone project"
-  [train]="name zone project config workdir tfds_data_dir"
+  [check]="name zone project config workdir tfds_data_dir accelerator_type"
+  [train]="name zone project config workdir tfds_data_dir accelerator_type"
   [logs]="name zone project worker"
   [stop]="name zone project"
   [status]="name zone project"
   [delete]="name zone project"
 )
 declare -A FLAG=(
-  [accelerator_type]=v4-8
   [provisioning]=on-demand
   [worker]=0
 )
 DRY_RUN=0
+SKIP_CHECK=0
 EXTRA=()
 
 # flag_name --some-flag: prints some_flag, or stops with the usage if the command has none.
@@ -96,6 +102,7 @@ while (($#)); do
   case $1 in
     --) shift; EXTRA=("$@"); break ;;
     --dry-run | --dry_run) DRY_RUN=1 ;;
+    --skip-check | --skip_check) SKIP_CHECK=1 ;;
     -h | --help) usage; exit 0 ;;
     --*=*)
       name=$(flag_name "${1%%=*}")
@@ -112,12 +119,12 @@ while (($#)); do
   shift
 done
 
-require name zone project
-if ((${#EXTRA[@]})) && [[ $COMMAND != train ]]; then
-  flag_error "only 'train' takes arguments after --"
+if [[ $COMMAND != check ]]; then require name zone project; fi
+if ((${#EXTRA[@]})) && [[ $COMMAND != train && $COMMAND != check ]]; then
+  flag_error "only 'train' and 'check' take arguments after --"
 fi
-NAME=${FLAG[name]}
-WHERE=(--zone="${FLAG[zone]}" --project="${FLAG[project]}")
+NAME=${FLAG[name]:-}
+WHERE=(--zone="${FLAG[zone]:-}" --project="${FLAG[project]:-}")
 
 ssh_workers() { # WORKER REMOTE_COMMAND
   run gcloud compute tpus tpu-vm ssh "$NAME" "${WHERE[@]}" --worker="$1" --command="$2"
@@ -135,7 +142,7 @@ default_runtime() {
 }
 
 cmd_create() {
-  local type=${FLAG[accelerator_type]} runtime=${FLAG[runtime_version]:-} tier=()
+  local type=${FLAG[accelerator_type]:-v4-8} runtime=${FLAG[runtime_version]:-} tier=()
   [[ -n $runtime ]] || runtime=$(default_runtime "$type")
   case ${FLAG[provisioning]} in
     on-demand) ;;
@@ -181,6 +188,30 @@ cmd_setup() {
   ssh_workers all "${remote[*]}"
 }
 
+# The train step compiled here for the TPU type (edsr_jax.aot, TPU compiler from libtpu):
+# the --config.* overrides after `--` apply; the data flags do not matter to it.
+cmd_check() {
+  require config accelerator_type
+  local config=${FLAG[config]} python=${EDSR_JAX_PYTHON:-$REPO/.venv/bin/python} arg
+  [[ -x $python ]] || python=python3
+  local aot=("$python" -m edsr_jax.aot --tpu="${FLAG[accelerator_type]}" --config="$config"
+    --noinference)
+  for arg in "${EXTRA[@]}"; do
+    [[ $arg == --config.* || $arg == --config=* ]] && aot+=("$arg")
+  done
+  if ((DRY_RUN)); then
+    quote_words "${aot[@]}"
+    echo
+    return
+  fi
+  echo "+ $(quote_words "${aot[@]}")" >&2
+  (cd "$REPO" && "${aot[@]}") || {
+    echo "tpu.sh: the train step does not compile or fit on ${FLAG[accelerator_type]} (above);" \
+      "nothing was started. --skip_check starts it anyway." >&2
+    exit 1
+  }
+}
+
 # True on a worker where the training started by `train` is still running.
 readonly RUNNING="[ -f ~/$PIDFILE ] && kill -0 \"\$(cat ~/$PIDFILE)\" 2>/dev/null"
 
@@ -191,6 +222,11 @@ cmd_train() {
     "share it, and a TPU VM's disk is lost when it is deleted or preempted), not '$workdir'"
   [[ $config != /* && -f $REPO/${config%%:*} ]] ||
     flag_error "--config: no file ${config%%:*} in $REPO (give the path inside the checkout)"
+  if ((!SKIP_CHECK)); then
+    [[ -n ${FLAG[accelerator_type]:-} ]] || flag_error "--accelerator_type is required for" \
+      "'train' (the TPU's type, e.g. v4-8: the step is compiled for it first), or --skip_check"
+    cmd_check
+  fi
   local train=(
     .venv/bin/python -m edsr_jax.main --config="$config" --workdir="$workdir"
     --config.data.source=tfds --config.data.tfds_data_dir="${FLAG[tfds_data_dir]}"

@@ -192,6 +192,7 @@ def train_args(*extra):
     "--config=configs/edsr_baseline_x2.py",
     "--workdir=gs://bucket/runs/x2",
     "--tfds_data_dir=gs://bucket/tfds",
+    "--skip_check",  # the check (a TPU compile) has its own tests below
     *extra,
   ]
 
@@ -487,7 +488,7 @@ def test_unknown_command_or_flag_prints_usage(sandbox, args):
       + ["--config=configs/nope.py", "--workdir=gs://b/w", "--tfds_data_dir=gs://b/t"],
       "--config: no file configs/nope.py",
     ),
-    (["delete", *WHERE, "--", "--force"], "only 'train' takes arguments after --"),
+    (["delete", *WHERE, "--", "--force"], "only 'train' and 'check' take arguments after --"),
   ],
 )
 def test_bad_values_are_refused(sandbox, args, message):
@@ -622,3 +623,50 @@ def test_shellcheck_clean():
     timeout=60,
   )
   assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- tpu.sh check
+
+
+def test_check_and_train_compile_for_the_accelerator_first(sandbox):
+  """`check` is edsr_jax.aot with train's --config.* overrides; `train` runs it before
+  any gcloud call (dry run: prints it first)."""
+  args = ["--config=configs/edsr_x2.py", "--accelerator_type=v5litepod-8"]
+  extra = ["--", "--config.batch_size=64", "--config.data.tfds_name=div2k/bicubic_x2"]
+  (aot,) = sandbox.dry_run(TPU, "check", *args, *extra)
+  assert aot[1:] == [
+    "-m",
+    "edsr_jax.aot",
+    "--tpu=v5litepod-8",
+    "--config=configs/edsr_x2.py",
+    "--noinference",
+    "--config.batch_size=64",
+    "--config.data.tfds_name=div2k/bicubic_x2",
+  ]
+  train = [a for a in train_args(*args) if a != "--skip_check"]
+  printed = sandbox.dry_run(TPU, *train[:1], *train[1:])
+  assert printed[0] == aot[:5] + ["--noinference"]
+  assert printed[1][:4] == [*GCLOUD, "tpu-vm"]
+  # Without a type, train says how to go on.
+  result = sandbox.run(TPU, *[a for a in train_args() if a != "--skip_check"])
+  assert result.returncode == 2 and "--accelerator_type is required" in result.stderr
+
+
+def test_train_refuses_a_config_that_does_not_fit(sandbox):
+  """The real TPU compiler, run by the script: a batch of 65,536 patches does not fit a
+  v5e chip's 16 GiB; aot's one-line error is shown, nothing reaches gcloud."""
+  result = sandbox.run(
+    TPU,
+    *[a for a in train_args("--accelerator_type=v5litepod-8") if a != "--skip_check"],
+    "--",
+    "--config.batch_size=65536",
+    extra_env={"EDSR_JAX_PYTHON": sys.executable},
+  )
+  assert result.returncode == 1, result.stderr
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1
+  assert "does not fit a TPU v5 lite chip of v5litepod-8" in errors[0]
+  assert re.search(r"needs [\d.]+ GiB of HBM per chip, capacity 15.75 GiB", errors[0])
+  assert "Traceback" not in result.stderr
+  assert "nothing was started" in result.stderr
+  assert sandbox.gcloud_calls() == []
