@@ -29,15 +29,18 @@ $(VENV)/.project: $(VENV)/.runtime pyproject.toml
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-# libtpu (the TPU compiler, for `python -m edsr_jax.aot`) goes to its own folder, not
-# site-packages: JAX tries to start a TPU runtime whenever libtpu is importable, which on a
-# machine without a TPU prints warnings from every program. edsr_jax.aot loads it from there.
+# The TPU and GPU compilers for `python -m edsr_jax.aot` (libtpu; JAX's CUDA plugin) go to
+# folders of their own, not site-packages: JAX tries to start a TPU / CUDA runtime whenever
+# they are importable, which on a machine without one prints warnings from every program.
+# edsr_jax.aot loads them from there.
+COMPILERS := '^(libtpu|jax-cuda12-plugin|jax-cuda12-pjrt)=='
 $(VENV)/.test: $(VENV)/.project requirements-test.lock
-	grep -v '^libtpu==' requirements-test.lock > $(VENV)/requirements-test-site.txt
+	grep -Ev $(COMPILERS) requirements-test.lock > $(VENV)/requirements-test-site.txt
 	$(PIP) install --quiet --no-deps -r $(VENV)/requirements-test-site.txt
 	$(PIP) check
-	rm -rf $(VENV)/tpu-compiler
+	rm -rf $(VENV)/tpu-compiler $(VENV)/gpu-compiler
 	$(PIP) install --quiet --no-deps --target $(VENV)/tpu-compiler $$(grep '^libtpu==' requirements-test.lock)
+	$(PIP) install --quiet --no-deps --target $(VENV)/gpu-compiler $$(grep '^jax-cuda12-' requirements-test.lock)
 	touch $@
 
 venv: $(VENV)/.test

@@ -20,15 +20,17 @@ compiler's own. A step that does not fit exits 1 with one `error:` line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import re
 import sys
+import tempfile
 import time
 
-from edsr_jax import errors, tpu_slices
+from edsr_jax import accelerators, errors
 
 DIV2K_IMAGE = (1356, 2040)  # HR height, width of a DIV2K image (landscape)
 HEADROOM = 0.10  # below this fraction of HBM left free, the report warns
@@ -66,8 +68,77 @@ def libtpu_path() -> str | None:
   return path if os.path.isfile(path) else None
 
 
-def tpu_devices(tpu_slice: tpu_slices.Slice) -> list:
+# What the compilers' native code prints to stderr on a machine without their hardware.
+NATIVE_NOISE = (
+  "Logging before InitGoogle",
+  "before absl::InitializeLog",
+  "Could not find cuda drivers",
+  "TPU_ACCELERATOR_TYPE",
+  "TPU_WORKER_HOSTNAMES",
+  "libtpu_init_utils",
+  "Source Location Trace",
+)
+
+
+@contextlib.contextmanager
+def _without_native_noise():
+  """Runs the block with the process's stderr (fd 2) captured, then passes on every line
+  but the known no-hardware-here notices (env vars cannot silence all of them)."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured.read().decode(errors="replace").splitlines():
+        if line.strip() and not any(noise in line for noise in NATIVE_NOISE):
+          print(line, file=sys.stderr)
+
+
+GPU_COMPILER_FOLDER = "gpu-compiler"  # JAX's CUDA plugin, where `make venv` puts it
+GPU_TARGETS = os.path.join(os.path.dirname(__file__), "gpu_targets")
+
+
+def devices_for(tpu_slice: accelerators.Slice) -> list:
   """The slice's compile-only devices (JAX's view of the real slice: ids, hosts)."""
+  if tpu_slice.chip.platform == "cuda":
+    return gpu_devices(tpu_slice)
+  return tpu_devices(tpu_slice)
+
+
+def gpu_devices(gpu_slice: accelerators.Slice) -> list:
+  """Compile-only CUDA devices from a GPU target description (edsr_jax/gpu_targets/: the
+  GPU's published limits), with JAX's CUDA plugin; no GPU, driver or CUDA library needed."""
+  folder = os.path.join(sys.prefix, GPU_COMPILER_FOLDER)
+  if os.path.isdir(folder) and folder not in sys.path:
+    sys.path.append(folder)  # before JAX looks for plugins (its first backend use)
+  # The plugin checks the CUDA libraries when it starts; compiling needs none of them.
+  os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+  from jax.experimental import topologies
+
+  with open(os.path.join(GPU_TARGETS, f"{gpu_slice.chip.generation}_sxm.txtpb")) as f:
+    target = f.read()
+  try:
+    with _without_native_noise():
+      topology = topologies.get_topology_desc(
+        platform="cuda", target_config=target, topology=gpu_slice.topology_name
+      )
+  except NotImplementedError:
+    raise errors.UserError(
+      "the GPU compiler (JAX's CUDA plugin) is not installed: `make venv` installs it into "
+      f".venv/{GPU_COMPILER_FOLDER}; elsewhere `pip install --no-deps --target {folder} "
+      "jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2`"
+    ) from None
+  return list(topology.devices)
+
+
+def tpu_devices(tpu_slice: accelerators.Slice) -> list:
+  """The slice's compile-only TPU devices, from libtpu's topology description."""
   path = libtpu_path()
   if path is None:
     raise errors.UserError(
@@ -80,12 +151,13 @@ def tpu_devices(tpu_slice: tpu_slices.Slice) -> list:
   from jax.experimental import topologies
 
   kwargs = {"chip_config_name": "megacore"} if tpu_slice.chip.megacore else {}
-  topology = topologies.get_topology_desc(
-    topology_name=tpu_slice.topology_name,
-    platform="tpu",
-    chips_per_host_bounds=tpu_slice.chips_per_host_bounds,
-    **kwargs,
-  )
+  with _without_native_noise():
+    topology = topologies.get_topology_desc(
+      topology_name=tpu_slice.topology_name,
+      platform="tpu",
+      chips_per_host_bounds=tpu_slice.chips_per_host_bounds,
+      **kwargs,
+    )
   return list(topology.devices)
 
 
@@ -178,7 +250,8 @@ def convolution_dtypes(hlo_text: str) -> dict[str, int]:
     m = _ARRAY.search(type_text)
     if m:
       types[name] = m[1]
-    if op == "convolution":
+    target = re.search(r'custom_call_target="([^"]*)"', rest)
+    if op == "convolution" or (op == "custom-call" and target and "$conv" in target[1]):
       convs.append(re.findall(r"%([\w.\-]+)", rest.split(")")[0]))
   counts: dict[str, int] = {}
   for operands in convs:
@@ -206,8 +279,8 @@ class Compiled:
   alias_bytes: int
   temp_bytes: int
   code_bytes: int
-  flops: float
-  bytes_accessed: float
+  flops: float | None  # None: the compiler gives no cost analysis (GPU targets)
+  bytes_accessed: float | None
   compile_seconds: float
   hlo: str = dataclasses.field(repr=False, default="")
 
@@ -258,15 +331,15 @@ def _compile(jitted, *args, **kwargs) -> Compiled:
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
+  cost = (cost[0] if isinstance(cost, list) else cost) or {}
   return Compiled(
     argument_bytes=memory.argument_size_in_bytes,
     output_bytes=memory.output_size_in_bytes,
     alias_bytes=memory.alias_size_in_bytes,
     temp_bytes=memory.temp_size_in_bytes,
     code_bytes=memory.generated_code_size_in_bytes,
-    flops=float(cost.get("flops", 0.0)),
-    bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+    flops=float(cost["flops"]) if "flops" in cost else None,
+    bytes_accessed=float(cost["bytes accessed"]) if "bytes accessed" in cost else None,
     compile_seconds=seconds,
     hlo=compiled.as_text(),
   )
@@ -342,7 +415,7 @@ def state_breakdown(config) -> dict[str, int]:
   return out
 
 
-def build_report(config, tpu_slice: tpu_slices.Slice, devices) -> dict:
+def build_report(config, tpu_slice: accelerators.Slice, devices) -> dict:
   """Compiles everything and returns the report (raises OutOfMemory if the step does not
   fit)."""
 
@@ -353,10 +426,12 @@ def build_report(config, tpu_slice: tpu_slices.Slice, devices) -> dict:
   worst = max(steps.values(), key=lambda c: c.total_bytes)
   state = state_breakdown(config)
   per_scale = {}
+  peak = chip.peak_for(str(target_dtype(config)))
   for s, c in steps.items():
     analytical = train_step_flops(config.model, config.patch_size, s, per_chip_batch)
-    t_compute = c.flops / chip.peak_flops
-    t_memory = c.bytes_accessed / chip.hbm_bandwidth
+    # Without the compiler's cost analysis (GPU): the analytical count, compute bound only.
+    t_compute = (c.flops if c.flops is not None else analytical) / peak
+    t_memory = c.bytes_accessed / chip.hbm_bandwidth if c.bytes_accessed is not None else 0.0
     per_scale[s] = {
       "hbm_bytes_per_chip": c.total_bytes,
       "argument_bytes": c.argument_bytes,
@@ -404,9 +479,14 @@ def build_report(config, tpu_slice: tpu_slices.Slice, devices) -> dict:
     "fits": total <= chip.hbm_bytes,
     "headroom_fraction": 1 - total / chip.hbm_bytes,
     "donated_bytes_per_chip": worst.alias_bytes,
-    "flops_per_step_per_chip": first["flops_per_step_per_chip"],
+    "flops_per_step_per_chip": (
+      first["flops_per_step_per_chip"]
+      if first["flops_per_step_per_chip"] is not None
+      else first["analytical_conv_flops_per_chip"]
+    ),
     "analytical_conv_flops_per_step_per_chip": first["analytical_conv_flops_per_chip"],
-    "peak_flops_per_chip": chip.peak_flops,
+    "peak_flops_per_chip": peak,
+    "flops_source": "compiler" if worst.flops is not None else "analytical (no cost analysis)",
     "hbm_bandwidth_bytes_per_second": chip.hbm_bandwidth,
     "estimated_step_seconds": step_seconds,
     "bound": first["bound"],
@@ -414,7 +494,12 @@ def build_report(config, tpu_slice: tpu_slices.Slice, devices) -> dict:
     "num_train_steps": config.num_train_steps,
     "estimated_train_hours": config.num_train_steps * step_seconds / 3600,
     "per_scale": {str(s): v for s, v in per_scale.items()},
-    "compiled_by": "the TPU compiler (libtpu), ahead of time; estimated, not run",
+    "compiled_by": (
+      "the TPU compiler (libtpu), ahead of time; step times estimated, not run"
+      if chip.platform == "tpu"
+      else "JAX's CUDA plugin (XLA:GPU; cuDNN algorithms not autotuned without a GPU), ahead "
+      "of time; step times estimated, not run"
+    ),
     "hlo": {str(s): c.hlo for s, c in steps.items()},  # not written to --output_json
   }
   return report
@@ -449,8 +534,8 @@ def find_max_batch(
 
   HBM grows about linearly with the batch, so two compiles give a line whose crossing
   with the capacity is tried first; bisection between the largest batch known to fit and
-  the smallest known not to settles it (usually 4-6 compiles). With exact=False the
-  line's batch is only checked to fit (the next one up is taken not to, unchecked).
+  the smallest known not to settles it (usually 5-8 compiles). exact=False (the README
+  table) stops within 5% of the largest, or when within 10% of the capacity.
   `known`: {per-chip batch: HBM bytes} already compiled."""
   chips = tpu_slice.chips
   capacity = tpu_slice.chip.hbm_bytes
@@ -465,43 +550,34 @@ def find_max_batch(
         known[k] = total if total <= capacity else None
       except OutOfMemory:
         known[k] = None
-      shown = "does not fit" if known[k] is None else f"{known[k] / tpu_slices.GIB:.2f} GiB"
+      shown = "does not fit" if known[k] is None else f"{known[k] / accelerators.GIB:.2f} GiB"
       log(f"  batch {k * chips} ({k} per chip): {shown}")
     return known[k]
 
-  k1 = min(known) if known else 1
-  first = probe(k1)
-  if first is None:
-    if k1 == 1:
-      raise OutOfMemory(None, capacity, "not even one patch per chip fits")
-    lo, hi = 0, k1
-  k2 = 4 * k1
-  second = probe(k2) if first is not None else None
-  if first is None:
-    pass
-  elif second is None:
-    lo, hi = k1, k2
-  else:
-    slope = max((second - first) / (k2 - k1), 1)
-    guess = max(k2, int(k2 + (capacity * (1 - HEADROOM / 2) - second) / slope))
-    lo, hi = k2, None
-    for k in (guess, guess + 1) if exact else (guess,):
-      if probe(k) is None:
-        hi = k if hi is None else min(hi, k)
-        break
-      lo = max(lo, k)
-    if not exact and hi is None:
-      hi = lo + 1
-    while hi is None:  # the line underestimated: double until it does not fit
-      k = lo * 2
-      if probe(k) is None:
-        hi = k
-      else:
-        lo = k
-  while hi - lo > 1:
+  lo = min(known) if known else 1
+  if probe(lo) is None:
+    raise OutOfMemory(None, capacity, "not even one patch per chip fits")
+  hi = None
+  # HBM grows a little less than linearly at small batches (the compiler's layouts
+  # change), so the line is refitted through the two largest batches that fit until a
+  # guess does not fit.
+  nxt = 4 * lo
+  while hi is None:
+    if probe(nxt) is None:
+      hi = nxt
+      break
+    fitting = sorted(k for k, v in known.items() if v is not None)[-2:]
+    lo = fitting[-1]
+    (k1, m1), (k2, m2) = ((k, known[k]) for k in fitting)
+    slope = max((m2 - m1) / (k2 - k1), 1)
+    room = capacity * (1 - HEADROOM / 2) - m2
+    if not exact and room < capacity * HEADROOM:
+      hi = lo + 1  # within the headroom of the capacity: close enough for a table
+      break
+    nxt = max(lo + 1, int(k2 + room / slope))
+  # Bisection; exact=False stops within 5%.
+  while hi - lo > (1 if exact else max(1, lo // 20)):
     mid = (lo + hi) // 2
-    if mid == 0:
-      raise OutOfMemory(None, capacity, "not even one patch per chip fits")
     if probe(mid) is None:
       hi = mid
     else:
@@ -515,7 +591,9 @@ def find_max_batch(
 
 
 def _gib(n: float) -> str:
-  return f"{n / tpu_slices.GIB:.2f} GiB"
+  if n < accelerators.GIB:
+    return f"{n / 2**20:.1f} MiB"
+  return f"{n / accelerators.GIB:.2f} GiB"
 
 
 def _flops(n: float) -> str:
@@ -534,7 +612,7 @@ def format_report(r: dict) -> str:
     "HBM per chip (compiled):",
     f"  state (donated, as laid out)  {_gib(r['donated_bytes_per_chip'])}  "
     f"[params {_gib(state['params'])}, Adam {_gib(state['adam'])}, EMA {_gib(state['ema'])}"
-    " before TPU tiling]",
+    " before the compiler's tiling]",
   ]
   worst = max(r["per_scale"].values(), key=lambda p: p["hbm_bytes_per_chip"])
   lines += [
@@ -554,21 +632,34 @@ def format_report(r: dict) -> str:
     f"to the new state ({_gib(r['donated_bytes_per_chip'])})",
     "",
   ]
+  peak = f"{r['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s peak"
   for s, p in r["per_scale"].items():
-    ratio = p["flops_per_step_per_chip"] / p["analytical_conv_flops_per_chip"]
+    analytical = _flops(p["analytical_conv_flops_per_chip"])
+    if p["flops_per_step_per_chip"] is None:
+      flops = f"{analytical} analytical (convolutions); the compiler gives no cost analysis"
+      roofline = (
+        f"  roofline: compute only, {p['compute_seconds'] * 1e3:.2f} ms ({peak}; "
+        f"no bytes-accessed figure for the memory bound)"
+      )
+    else:
+      ratio = p["flops_per_step_per_chip"] / p["analytical_conv_flops_per_chip"]
+      flops = (
+        f"{_flops(p['flops_per_step_per_chip'])} compiled, {analytical} analytical "
+        f"(convolutions), ratio {ratio:.3f}"
+      )
+      roofline = (
+        f"  roofline: compute {p['compute_seconds'] * 1e3:.2f} ms ({peak}), memory "
+        f"{p['memory_seconds'] * 1e3:.2f} ms ({p['bytes_accessed_per_chip'] / 1e9:.2f} GB at "
+        f"{r['hbm_bandwidth_bytes_per_second'] / 1e9:.0f} GB/s): {p['bound']}-bound, "
+        f"{p['estimated_step_seconds'] * 1e3:.2f} ms per step"
+      )
     coll = ", ".join(
       f"{k} x{v['count']} ({v['bytes'] / 2**20:.1f} MiB)" for k, v in p["collectives"].items()
     )
     convs = ", ".join(f"{k}: {v}" for k, v in p["convolution_dtypes"].items())
     lines += [
-      f"x{s}: FLOPs per step per chip {_flops(p['flops_per_step_per_chip'])} compiled, "
-      f"{_flops(p['analytical_conv_flops_per_chip'])} analytical (convolutions), "
-      f"ratio {ratio:.3f}",
-      f"  roofline: compute {p['compute_seconds'] * 1e3:.2f} ms "
-      f"({r['peak_flops_per_chip'] / 1e12:.0f} TFLOP/s bf16 peak), memory "
-      f"{p['memory_seconds'] * 1e3:.2f} ms ({p['bytes_accessed_per_chip'] / 1e9:.2f} GB at "
-      f"{r['hbm_bandwidth_bytes_per_second'] / 1e9:.0f} GB/s): {p['bound']}-bound, "
-      f"{p['estimated_step_seconds'] * 1e3:.2f} ms per step",
+      f"x{s}: FLOPs per step per chip {flops}",
+      roofline,
       f"  collectives: {coll or 'none'}; host transfers: "
       f"{', '.join(p['host_transfers']) or 'none'}",
       f"  convolutions (operand dtypes): {convs}",
@@ -590,7 +681,7 @@ def format_report(r: dict) -> str:
     lines.append(f"inference x{inf['scale']}: DOES NOT FIT ({inf['error']})")
   if "max_batch" in r:
     lines.append(f"largest global batch that fits: {r['max_batch']}")
-  lines.append("compiled by the TPU compiler (libtpu); step times are estimates, not runs")
+  lines.append(f"compiled by {r['compiled_by']}")
   return "\n".join(lines)
 
 
@@ -621,7 +712,7 @@ def check(config, accelerator_type: str, *, max_batch=False, inference=True, log
   Raises UserError (bad type, config, missing libtpu) and OutOfMemory (does not fit)."""
   from edsr_jax import config_lib
 
-  tpu_slice = tpu_slices.slice_for(accelerator_type)
+  tpu_slice = accelerators.slice_for(accelerator_type)
   # The data is not read here: validate the rest (a folder source without a folder yet is
   # fine: the check runs before the data is uploaded).
   checked = config.copy_and_resolve_references()
@@ -632,7 +723,7 @@ def check(config, accelerator_type: str, *, max_batch=False, inference=True, log
       f"config.batch_size={config.batch_size} does not divide over the {tpu_slice.chips} "
       f"chips of {accelerator_type}: allowed a multiple of {tpu_slice.chips}"
     )
-  devices = tpu_devices(tpu_slice)
+  devices = devices_for(tpu_slice)
   best = None
   if max_batch:
     log(f"searching the largest batch that fits {accelerator_type}:")
@@ -653,17 +744,24 @@ def main(argv):
   del argv
   FLAGS = flags.FLAGS
   config = FLAGS.config
+  if bool(FLAGS.tpu) == bool(FLAGS.gpu):
+    raise errors.UserError("give one of --tpu=TYPE (e.g. v5litepod-8) or --gpu=TYPE (h100-8)")
+  accelerator = FLAGS.tpu or FLAGS.gpu
+  kind = "tpu" if FLAGS.tpu else "cuda"
+  if accelerators.slice_for(accelerator).chip.platform != kind:
+    flag = "--gpu" if kind == "tpu" else "--tpu"
+    raise errors.UserError(f"{accelerator!r} is not a {kind.upper()} type: give it as {flag}")
   try:
     report = check(
-      config, FLAGS.tpu, max_batch=FLAGS.max_batch, inference=FLAGS.inference, log=cli.log
+      config, accelerator, max_batch=FLAGS.max_batch, inference=FLAGS.inference, log=cli.log
     )
   except OutOfMemory as e:
-    tpu_slice = tpu_slices.slice_for(FLAGS.tpu)
+    tpu_slice = accelerators.slice_for(accelerator)
     if FLAGS.output_json:
       _write_json(
         FLAGS.output_json,
         {
-          "accelerator": FLAGS.tpu,
+          "accelerator": accelerator,
           "chips": tpu_slice.chips,
           "hosts": tpu_slice.hosts,
           "batch_size": config.batch_size,
@@ -688,7 +786,7 @@ def main(argv):
   if not report["fits"]:
     raise errors.UserError(
       does_not_fit_message(
-        config, tpu_slices.slice_for(FLAGS.tpu), report["hbm_bytes_per_chip"], None
+        config, accelerators.slice_for(FLAGS.tpu), report["hbm_bytes_per_chip"], None
       )
     )
   return 0
@@ -711,12 +809,13 @@ def _define_flags():
   from ml_collections import config_flags
 
   flags.DEFINE_string("tpu", None, "Cloud TPU accelerator type, e.g. v5litepod-8, v4-32, v6e-8.")
+  flags.DEFINE_string("gpu", None, "GPU host: h100-1 .. h100-8 (NVIDIA H100 SXM 80GB).")
   config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
   flags.DEFINE_bool("max_batch", False, "Find the largest global batch that fits.")
   flags.DEFINE_bool("inference", True, "Also compile the inference forward for a DIV2K tile.")
   flags.DEFINE_string("output_json", None, "Write the report to this JSON file.")
   flags.DEFINE_string("dump_hlo", None, "Write the compiled train step's HLO to this file.")
-  flags.mark_flags_as_required(["tpu", "config"])
+  flags.mark_flags_as_required(["config"])
 
 
 if __name__ == "__main__":

@@ -210,20 +210,20 @@ SLICES = {
 
 TOPOLOGY_PROBE = """
 import json, sys
-from edsr_jax import aot, tpu_slices
+from edsr_jax import aot, accelerators
 out = {}
 for name in sys.argv[1:]:
-  devices = aot.tpu_devices(tpu_slices.slice_for(name))
+  devices = aot.tpu_devices(accelerators.slice_for(name))
   out[name] = [len(devices), len({d.process_index for d in devices}), devices[0].device_kind]
 print(json.dumps(out))
 """
 
 
 def test_accelerator_types_map_to_the_slices_libtpu_builds():
-  from edsr_jax import tpu_slices
+  from edsr_jax import accelerators
 
   for name, (chips, hosts) in SLICES.items():
-    s = tpu_slices.slice_for(name)
+    s = accelerators.slice_for(name)
     assert (s.chips, s.hosts) == (chips, hosts), name
   env = {k: v for k, v in os.environ.items() if not k.startswith("TPU_")}
   result = subprocess.run(
@@ -238,7 +238,7 @@ def test_accelerator_types_map_to_the_slices_libtpu_builds():
   built = json.loads(result.stdout)
   for name, (chips, hosts) in SLICES.items():
     assert built[name][:2] == [chips, hosts], name
-    assert built[name][2] == tpu_slices.slice_for(name).chip.device_kind
+    assert built[name][2] == accelerators.slice_for(name).chip.device_kind
   assert not any(word in result.stderr for word in LIBTPU_NOISE), result.stderr
 
 
@@ -246,7 +246,7 @@ def test_accelerator_types_map_to_the_slices_libtpu_builds():
   "args, message",
   [
     (["--tpu=v5litepod-7"], "v5litepod slices come in sizes"),
-    (["--tpu=tpu9-8"], "not a Cloud TPU accelerator type"),
+    (["--tpu=tpu9-8"], "not an accelerator type known here"),
     (["--tpu=v5litepod-8", "--config.batch_size=12"], "does not divide over the 8 chips"),
   ],
 )
@@ -269,3 +269,79 @@ def test_analytical_flops_of_mdsr_count_its_5x5_pre_process():
   f = config.model.num_features
   assert forward_mdsr - forward_edsr == 4 * conv_flops(f, f, 5, 48)
   assert models.UPSAMPLE_STAGES[4] == (2, 2)
+
+
+def test_a_step_that_does_not_fit_is_one_error_line(tmp_path):
+  """EDSR at 65,536 patches of 48x48: the TPU compiler refuses it for a v5e chip."""
+  out = tmp_path / "report.json"
+  result = run_aot(
+    tmp_path,
+    "--tpu=v5litepod-8",
+    "--config=configs/edsr_x2.py",
+    "--config.batch_size=65536",
+    f"--output_json={out}",
+  )
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: edsr x2 at batch 65536 (8192 per chip, float32) does not fit")
+  needed = float(re.search(r"needs ([\d.]+) GiB of HBM per chip, capacity 15.75 GiB", last)[1])
+  assert needed > 16
+  report = json.loads(out.read_text())
+  assert report["fits"] is False and report["hbm_bytes_per_chip"] > 16 * 2**30
+  assert not any(word in result.stderr for word in LIBTPU_NOISE), result.stderr
+
+
+@pytest.mark.slow
+def test_max_batch_is_the_largest_that_fits(tmp_path):
+  """--max_batch on v5litepod-8: its batch compiles and fits, 8 more does not."""
+  out = tmp_path / "r.json"
+  args = ["--tpu=v5litepod-8", f"--config={BASELINE}", "--noinference"]
+  result = run_aot(tmp_path, *args, "--max_batch", f"--output_json={out}", timeout=3000)
+  assert result.returncode == 0, result.stderr[-2000:]
+  report = json.loads(out.read_text())
+  best = report["max_batch"]
+  assert report["batch_size"] == best and report["fits"] and best % 8 == 0 and best > 16
+  over = run_aot(tmp_path, *args, f"--config.batch_size={best + 8}")
+  assert over.returncode == 1 and "does not fit" in over.stderr.splitlines()[-1]
+
+
+def test_h100_host_compiles_without_a_gpu(tmp_path_factory):
+  """Deviceless compilation for 8 H100s (JAX's CUDA plugin, our H100 target description):
+  memory per GPU, donation, the gradient all-reduce and cuDNN bf16 convolutions."""
+  report, hlo, result = compile_report(
+    tmp_path_factory,
+    "h100",
+    "--gpu=h100-8",
+    f"--config={BASELINE}",
+    "--config.model.dtype=bfloat16",
+    "--noinference",
+  )
+  assert (report["chips"], report["hosts"], report["device_kind"]) == (
+    8,
+    1,
+    "NVIDIA H100 80GB HBM3",
+  )
+  assert report["fits"] and report["hbm_capacity_bytes_per_chip"] == 80 * 2**30
+  leaves, logical_bytes = state_leaves_and_bytes(config_lib.load_config_file(BASELINE))
+  assert len(re.findall(r"\{[\d,]*\}: \(\d+, \{[\d,]*\}", hlo.splitlines()[0])) == leaves
+  assert report["donated_bytes_per_chip"] >= logical_bytes
+  assert "all-reduce" in report["per_scale"]["2"]["collectives"]
+  convs = re.findall(r'custom_call_target="__cudnn\$conv\w*"', hlo)
+  assert len(convs) >= 35 * 3 - 1
+  assert report["per_scale"]["2"]["convolution_dtypes"] == {"bf16 x bf16": len(convs)}
+  # No cost analysis from the GPU compiler: the analytical count, said so.
+  assert report["flops_source"].startswith("analytical")
+  assert report["flops_per_step_per_chip"] == baseline_x2_train_flops(2)
+  assert not any(w in result.stderr for w in (*LIBTPU_NOISE, "cuda drivers")), result.stderr
+
+
+def test_tpu_and_gpu_types_go_with_their_flag(tmp_path):
+  for args, message in (
+    (["--tpu=h100-8"], "give it as --gpu"),
+    (["--gpu=v4-8"], "give it as --tpu"),
+    ([], "give one of --tpu"),
+  ):
+    result = run_aot(tmp_path, f"--config={BASELINE}", *args)
+    assert result.returncode == 1
+    assert message in result.stderr.strip().splitlines()[-1]

@@ -44,8 +44,24 @@ def installed() -> dict[str, str]:
   }
 
 
+# Locked, but installed by `make` to folders of their own (see the Makefile): an
+# importable libtpu or CUDA plugin makes JAX look for a TPU / GPU in every program.
+COMPILERS = {
+  "tpu-compiler": {"libtpu"},
+  "gpu-compiler": {"jax-cuda12-plugin", "jax-cuda12-pjrt"},
+}
+
+
 def test_venv_holds_exactly_the_test_lock():
   lock = read_pins(REPO / "requirements-test.lock")
+  for folder, names in COMPILERS.items():
+    path = str(pathlib.Path(sys.prefix) / folder)
+    there = {
+      normalize(d.metadata["Name"]): d.version
+      for d in importlib.metadata.distributions(path=[path])
+    }
+    assert there == {n: lock.pop(n) for n in names}, folder
+  assert (pathlib.Path(sys.prefix) / "tpu-compiler" / "libtpu" / "libtpu.so").is_file()
   have = installed()
   unpinned = sorted(f"{n}=={v}" for n, v in have.items() if n not in lock)
   missing = sorted(f"{n}=={v}" for n, v in lock.items() if n not in have)

@@ -91,6 +91,7 @@ COMMANDS = {
     "archives instead"
   ),
   "gcloud storage cp": "Google Cloud's own CLI, not this project's",
+  ".venv/bin/python -m edsr_jax.aot": "tests/test_aot.py compiles the same step for TPU",
   "TPU=": "test_launch_blocks_dry_run",
   "launch/": "test_launch_blocks_dry_run",
   "tmux new": "tmux, not this project's",

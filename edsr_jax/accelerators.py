@@ -1,4 +1,7 @@
-"""Cloud TPU accelerator types: chips, hosts, topology, and each chip's documented peaks.
+"""Accelerator types: chips, hosts, topology, and each chip's documented HBM and peaks.
+
+Cloud TPU types and one GPU host (`h100-8`: 8 NVIDIA H100 SXM 80GB on one host, as in
+an A3 VM or a DGX H100; `h100-1` .. `h100-8`).
 
 `slice_for("v5litepod-8")` says what `gcloud compute tpus ... --accelerator-type` gives:
 
@@ -27,14 +30,23 @@ GIB = 1 << 30
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
-  generation: str  # the accelerator-type prefix: v4, v5litepod, v5p, v6e
+  generation: str  # the accelerator-type prefix: v4, v5litepod, v5p, v6e, h100
   device_kind: str  # what JAX calls the device
-  topology_prefix: str  # libtpu's topology name prefix
+  topology_prefix: str  # libtpu's topology name prefix ("" for a GPU)
   hbm_bytes: int  # HBM per chip, as documented
   peak_flops: float  # dense bfloat16 FLOP/s per chip, as documented
   hbm_bandwidth: float  # bytes/s per chip, as documented
   cores_per_chip_in_name: int  # v4-8: the 8 counts TensorCores, 2 per chip
   megacore: bool
+  # float32 convolutions: TPUs feed their matrix units bf16 passes at the bf16 peak
+  # (JAX's default precision); GPUs use TF32 tensor cores, half the bf16 rate.
+  peak_flops_float32: float = 0.0
+  platform: str = "tpu"
+
+  def peak_for(self, dtype: str) -> float:
+    return (
+      self.peak_flops_float32 if dtype == "float32" and self.peak_flops_float32 else self.peak_flops
+    )
 
 
 CHIPS = {
@@ -43,6 +55,13 @@ CHIPS = {
   "v5p": Chip("v5p", "TPU v5", "v5", 95 * 10**9, 459e12, 2765e9, 2, True),
   "v6e": Chip("v6e", "TPU v6 lite", "v6e", 32 * GIB, 918e12, 1640e9, 1, False),
 }
+# NVIDIA's H100 SXM datasheet: 80 GB HBM3 at 3.35 TB/s, 989 TFLOP/s dense bf16, 495 TF32.
+GPUS = {
+  "h100": Chip(
+    "h100", "NVIDIA H100 80GB HBM3", "", 80 * GIB, 989e12, 3350e9, 1, False, 494.7e12, "cuda"
+  ),
+}
+MAX_GPUS_PER_HOST = 8
 
 # Chips -> slice shape, as the documentation lists the supported topologies.
 _TORUS_2D = {
@@ -80,6 +99,8 @@ class Slice:
 
   @property
   def topology_name(self) -> str:
+    if self.chip.platform == "cuda":  # the CUDA plugin's "<slices>x<hosts>x<devices>"
+      return f"1x{self.hosts}x{self.chips // self.hosts}"
     return f"{self.chip.topology_prefix}:{'x'.join(map(str, self.topology))}"
 
 
@@ -88,15 +109,23 @@ def supported_types() -> list[str]:
   for gen, chip in CHIPS.items():
     table = _TORUS_3D if chip.megacore else _TORUS_2D
     names += [f"{gen}-{n * chip.cores_per_chip_in_name}" for n in table]
-  return names
+  return names + [f"{gpu}-{n}" for gpu in GPUS for n in range(1, MAX_GPUS_PER_HOST + 1)]
 
 
 def slice_for(accelerator_type: str) -> Slice:
-  """The slice a Cloud TPU accelerator type names; UserError for one not known here."""
+  """The slice an accelerator type names; UserError for one not known here."""
+  gpu = re.fullmatch(r"(h100)-(\d+)", accelerator_type.strip())
+  if gpu:
+    count = int(gpu[2])
+    if not 1 <= count <= MAX_GPUS_PER_HOST:
+      raise errors.UserError(
+        f"{accelerator_type!r}: one host of 1 to {MAX_GPUS_PER_HOST} GPUs (h100-1 .. h100-8)"
+      )
+    return Slice(accelerator_type.strip(), GPUS[gpu[1]], count, 1, (count,), (count, 1, 1))
   match = re.fullmatch(r"(v4|v5litepod|v5p|v6e)-(\d+)", accelerator_type.strip())
   if not match or match[1] not in CHIPS:
     raise errors.UserError(
-      f"--tpu={accelerator_type!r}: not a Cloud TPU accelerator type known here; known: "
+      f"{accelerator_type!r}: not an accelerator type known here; known: "
       f"{', '.join(supported_types())}"
     )
   chip = CHIPS[match[1]]
@@ -105,9 +134,7 @@ def slice_for(accelerator_type: str) -> Slice:
   chips = count // chip.cores_per_chip_in_name
   if count % chip.cores_per_chip_in_name or chips not in table:
     sizes = ", ".join(str(n * chip.cores_per_chip_in_name) for n in table)
-    raise errors.UserError(
-      f"--tpu={accelerator_type!r}: {chip.generation} slices come in sizes {sizes}"
-    )
+    raise errors.UserError(f"{accelerator_type!r}: {chip.generation} slices come in sizes {sizes}")
   topology = table[chips]
   if not chip.megacore and chips <= SINGLE_HOST_MAX_CHIPS_2D:
     bounds = (*topology, 1)
