@@ -26,8 +26,10 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 
 from edsr_jax import accelerators, errors
@@ -106,9 +108,17 @@ GPU_TARGETS = os.path.join(os.path.dirname(__file__), "gpu_targets")
 
 def devices_for(tpu_slice: accelerators.Slice) -> list:
   """The slice's compile-only devices (JAX's view of the real slice: ids, hosts)."""
-  if tpu_slice.chip.platform == "cuda":
-    return gpu_devices(tpu_slice)
-  return tpu_devices(tpu_slice)
+  # libtpu installs its own SIGINT handler when it loads, which swallows Ctrl-C; the
+  # previous one (Python's, in a command-line run) is put back.
+  main_thread = threading.current_thread() is threading.main_thread()
+  previous = signal.getsignal(signal.SIGINT) if main_thread else None
+  try:
+    if tpu_slice.chip.platform == "cuda":
+      return gpu_devices(tpu_slice)
+    return tpu_devices(tpu_slice)
+  finally:
+    if main_thread and previous is not None:
+      signal.signal(signal.SIGINT, previous)
 
 
 def gpu_devices(gpu_slice: accelerators.Slice) -> list:
@@ -706,7 +716,9 @@ def models_scales(config) -> str:
 # ------------------------------------------------------------------ command line
 
 
-def check(config, accelerator_type: str, *, max_batch=False, inference=True, log=print) -> dict:
+def check(
+  config, accelerator_type: str, *, max_batch=False, inference=True, log=print, devices=None
+) -> dict:
   """The whole report for `config` on `accelerator_type` (a notebook can call this).
 
   Raises UserError (bad type, config, missing libtpu) and OutOfMemory (does not fit)."""
@@ -723,7 +735,7 @@ def check(config, accelerator_type: str, *, max_batch=False, inference=True, log
       f"config.batch_size={config.batch_size} does not divide over the {tpu_slice.chips} "
       f"chips of {accelerator_type}: allowed a multiple of {tpu_slice.chips}"
     )
-  devices = devices_for(tpu_slice)
+  devices = devices_for(tpu_slice) if devices is None else devices
   best = None
   if max_batch:
     log(f"searching the largest batch that fits {accelerator_type}:")
@@ -751,9 +763,17 @@ def main(argv):
   if accelerators.slice_for(accelerator).chip.platform != kind:
     flag = "--gpu" if kind == "tpu" else "--tpu"
     raise errors.UserError(f"{accelerator!r} is not a {kind.upper()} type: give it as {flag}")
+  devices = devices_for(accelerators.slice_for(accelerator))
   try:
-    report = check(
-      config, accelerator, max_batch=FLAGS.max_batch, inference=FLAGS.inference, log=cli.log
+    report = _interruptible(
+      lambda: check(
+        config,
+        accelerator,
+        max_batch=FLAGS.max_batch,
+        inference=FLAGS.inference,
+        log=cli.log,
+        devices=devices,
+      )
     )
   except OutOfMemory as e:
     tpu_slice = accelerators.slice_for(accelerator)
@@ -790,6 +810,26 @@ def main(argv):
       )
     )
   return 0
+
+
+def _interruptible(fn):
+  """fn() in a worker thread: a compile is one long call into the compiler, during which
+  the main thread could not take Ctrl-C; waiting here, it can (and stops at once)."""
+  result = {}
+
+  def work():
+    try:
+      result["value"] = fn()
+    except BaseException as e:  # handed to the main thread
+      result["error"] = e
+
+  worker = threading.Thread(target=work, daemon=True, name="compile")
+  worker.start()
+  while worker.is_alive():
+    worker.join(0.1)
+  if "error" in result:
+    raise result["error"]
+  return result["value"]
 
 
 def _write_json(path: str, data: dict) -> None:

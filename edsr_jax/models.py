@@ -142,7 +142,9 @@ class ShuffleConv(nn.Module):
   (a few kB) so that the conv writes them in (i, j, c) order: the shuffle then keeps the
   channels as the minor (fastest) dimension and only interleaves rows and columns. The
   TPU compiler showed the PyTorch-order shuffle, which moves channels out of the minor
-  dimension, costing 9% of the EDSR baseline step's temporaries (benchmarks/README.md).
+  dimension, costing the EDSR baseline x2 step 8% more temporaries and 4% more HBM
+  traffic at 16 patches per chip; at x4 (two stages) and at 2 patches per chip the
+  difference is a few percent the other way (benchmarks/README.md, "Compiled for TPU").
   """
 
   features: int

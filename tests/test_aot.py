@@ -345,3 +345,28 @@ def test_tpu_and_gpu_types_go_with_their_flag(tmp_path):
     result = run_aot(tmp_path, f"--config={BASELINE}", *args)
     assert result.returncode == 1
     assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_ctrl_c_stops_a_compile_at_once(tmp_path):
+  """Ctrl-C during the (long) TPU compile: one line, exit 130, within a second."""
+  import signal
+  import time
+
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION", "TPU_"))}
+  process = subprocess.Popen(
+    [sys.executable, "-m", "edsr_jax.aot", "--tpu=v5litepod-8", "--config=configs/edsr_x2.py"],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    cwd=REPO,
+    env=env,
+  )
+  time.sleep(8)  # past start-up and the topology: compiling EDSR takes a minute or more
+  assert process.poll() is None
+  sent = time.monotonic()
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=60)
+  assert time.monotonic() - sent < 5
+  assert process.returncode == 130
+  assert stderr.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)")
+  assert "Traceback" not in stderr
