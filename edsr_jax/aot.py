@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -32,7 +33,14 @@ import tempfile
 import threading
 import time
 
-from edsr_jax import accelerators, errors
+import jax
+import jax.numpy as jnp
+from absl import flags
+from jax.experimental import topologies
+from jax.sharding import SingleDeviceSharding
+from ml_collections import config_flags
+
+from edsr_jax import accelerators, cli, config_lib, errors, inference, models, train
 
 DIV2K_IMAGE = (1356, 2040)  # HR height, width of a DIV2K image (landscape)
 HEADROOM = 0.10  # below this fraction of HBM left free, the report warns
@@ -60,12 +68,12 @@ def libtpu_path() -> str | None:
   folder `make venv` installs it to (kept off site-packages: see the Makefile)."""
   if os.environ.get("TPU_LIBRARY_PATH") and os.path.isfile(os.environ["TPU_LIBRARY_PATH"]):
     return os.environ["TPU_LIBRARY_PATH"]
-  try:
-    import libtpu
-
-    return libtpu.get_library_path()
-  except ImportError:
-    pass
+  # An installed libtpu package (jax[tpu]); looked up, not imported.
+  spec = importlib.util.find_spec("libtpu")
+  if spec is not None and spec.submodule_search_locations:
+    path = os.path.join(spec.submodule_search_locations[0], "libtpu.so")
+    if os.path.isfile(path):
+      return path
   path = os.path.join(sys.prefix, LIBTPU_FOLDER, "libtpu", "libtpu.so")
   return path if os.path.isfile(path) else None
 
@@ -129,7 +137,6 @@ def gpu_devices(gpu_slice: accelerators.Slice) -> list:
     sys.path.append(folder)  # before JAX looks for plugins (its first backend use)
   # The plugin checks the CUDA libraries when it starts; compiling needs none of them.
   os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
-  from jax.experimental import topologies
 
   with open(os.path.join(GPU_TARGETS, f"{gpu_slice.chip.generation}_sxm.txtpb")) as f:
     target = f.read()
@@ -158,7 +165,6 @@ def tpu_devices(tpu_slice: accelerators.Slice) -> list:
     )
   os.environ["TPU_LIBRARY_PATH"] = path
   _quiet_libtpu(tpu_slice.accelerator_type)
-  from jax.experimental import topologies
 
   kwargs = {"chip_config_name": "megacore"} if tpu_slice.chip.megacore else {}
   with _without_native_noise():
@@ -183,8 +189,6 @@ def _conv_flops(cin: int, cout: int, k: int, h: int, w: int) -> int:
 
 def forward_conv_flops(model_config, patch: int, scale: int) -> tuple[int, int]:
   """(all convolutions, the head's) FLOPs of one forward pass on a patch x patch input."""
-  from edsr_jax import models
-
   f, size = model_config.num_features, patch
   head = _conv_flops(3, f, 3, size, size)
   total = head + (2 * model_config.num_blocks + 1) * _conv_flops(f, f, 3, size, size)
@@ -329,7 +333,6 @@ def _parse_oom(message: str) -> OutOfMemory:
 
 
 def _compile(jitted, *args, **kwargs) -> Compiled:
-  import jax
 
   start = time.perf_counter()
   try:
@@ -357,16 +360,12 @@ def _compile(jitted, *args, **kwargs) -> Compiled:
 
 def target_dtype(config):
   """The compute dtype on TPU: 'auto' means float32 there (models.compute_dtype)."""
-  import jax.numpy as jnp
-
   name = config.model.dtype
   return jnp.dtype(jnp.float32 if name == "auto" else name)
 
 
 def compile_train_steps(config, devices) -> dict[int, Compiled]:
   """The production train step, compiled for `devices` at each scale the model trains."""
-  from edsr_jax import models, train
-
   mesh = train.make_mesh(devices)
   model, tx = train.make_model_and_optimizer(config, target_dtype(config))
   step = train.make_train_step(model, tx, mesh)
@@ -380,12 +379,6 @@ def compile_train_steps(config, devices) -> dict[int, Compiled]:
 def compile_inference_tile(config, device, scale: int) -> tuple[Compiled, object]:
   """The forward `inference.Upscaler` runs on one call of its tiling of a DIV2K image's
   LR (validation uses it too), on one chip."""
-  import jax
-  import jax.numpy as jnp
-  from jax.sharding import SingleDeviceSharding
-
-  from edsr_jax import inference, train
-
   upscaler = inference.Upscaler(config, params=None, dtype=target_dtype(config))
   lr_shape = (DIV2K_IMAGE[0] // scale, DIV2K_IMAGE[1] // scale, 3)
   plan = upscaler.plan(lr_shape, scale)
@@ -404,17 +397,12 @@ def compile_inference_tile(config, device, scale: int) -> tuple[Compiled, object
 
 
 def _tree_bytes(tree) -> int:
-  import jax
 
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
 def state_breakdown(config) -> dict[str, int]:
   """Logical bytes of the replicated train state on each chip (before TPU tiling)."""
-  import jax
-
-  from edsr_jax import train
-
   model, tx = train.make_model_and_optimizer(config, target_dtype(config))
   state = train.train_state_shapes(config, model, tx, train.make_mesh(jax.devices()[:1]))
   out = {"params": _tree_bytes(state.params), "adam": _tree_bytes(state.opt_state)}
@@ -428,7 +416,6 @@ def state_breakdown(config) -> dict[str, int]:
 def build_report(config, tpu_slice: accelerators.Slice, devices) -> dict:
   """Compiles everything and returns the report (raises OutOfMemory if the step does not
   fit)."""
-
   chip = tpu_slice.chip
   steps = compile_train_steps(config, devices)
   scales = list(steps)
@@ -708,7 +695,6 @@ def does_not_fit_message(config, tpu_slice, needed: float | None, capacity: floa
 
 
 def models_scales(config) -> str:
-  from edsr_jax import models
 
   return "/x".join(map(str, models.model_scales(config.model)))
 
@@ -722,8 +708,6 @@ def check(
   """The whole report for `config` on `accelerator_type` (a notebook can call this).
 
   Raises UserError (bad type, config, missing libtpu) and OutOfMemory (does not fit)."""
-  from edsr_jax import config_lib
-
   tpu_slice = accelerators.slice_for(accelerator_type)
   # The data is not read here: validate the rest (a folder source without a folder yet is
   # fine: the check runs before the data is uploaded).
@@ -749,9 +733,6 @@ def check(
 
 
 def main(argv):
-  from absl import flags
-
-  from edsr_jax import cli
 
   del argv
   FLAGS = flags.FLAGS
@@ -845,9 +826,6 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
-
   flags.DEFINE_string("tpu", None, "Cloud TPU accelerator type, e.g. v5litepod-8, v4-32, v6e-8.")
   flags.DEFINE_string("gpu", None, "GPU host: h100-1 .. h100-8 (NVIDIA H100 SXM 80GB).")
   config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
@@ -859,7 +837,5 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-  from edsr_jax import cli, config_lib
-
   _define_flags()
   cli.run(main, config_lib.check_config_args)
