@@ -136,11 +136,16 @@ def markdown(json_path: str) -> str:
       if row is None:
         continue
       batch = f"{row['batch']}" + (" (largest)" if which == "max" else "")
+      # GPU rows: FLOPs over peak only (no cost analysis), a bound the step cannot beat.
+      at_least, at_most = ("≥ ", "≤ ") if row["flops_ratio"] is None else ("", "")
+      hours = row["hours_300k"]
+      duration = f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
       lines.append(
         f"| {preset} | {tpu} ({row['chips']}, {row['hosts']}) | {dtype} | {batch} | "
         f"{row['hbm_gib']:.2f} GiB ({row['capacity_gib']:.0f}) | "
         f"{row['bound'] if row['flops_ratio'] is not None else 'compute only'} | "
-        f"{row['step_ms']:.2f} ms | {row['patches_per_s']:,.0f} | {row['hours_300k']:.1f} h | "
+        f"{at_least}{row['step_ms']:.2f} ms | {at_most}{row['patches_per_s']:,.0f} | "
+        f"{at_least}{duration} | "
         + ("n/a |" if row["flops_ratio"] is None else f"{row['flops_ratio']:.3f} |")
       )
   return "\n".join(lines)
