@@ -87,21 +87,28 @@ NATIVE_NOISE = (
   "TPU_WORKER_HOSTNAMES",
   "libtpu_init_utils",
   "Source Location Trace",
+  "gpu_hlo_schedule.cc",
+  "hlo_rematerialization.cc",
 )
+
+
+_real_stderr: int | None = None  # while fd 2 is captured: a duplicate of the real one
 
 
 @contextlib.contextmanager
 def _without_native_noise():
   """Runs the block with the process's stderr (fd 2) captured, then passes on every line
   but the known no-hardware-here notices (env vars cannot silence all of them)."""
+  global _real_stderr
   sys.stderr.flush()
-  saved = os.dup(2)
+  saved = _real_stderr = os.dup(2)
   with tempfile.TemporaryFile() as captured:
     os.dup2(captured.fileno(), 2)
     try:
       yield
     finally:
       sys.stderr.flush()
+      _real_stderr = None
       os.dup2(saved, 2)
       os.close(saved)
       captured.seek(0)
@@ -336,7 +343,8 @@ def _compile(jitted, *args, **kwargs) -> Compiled:
 
   start = time.perf_counter()
   try:
-    compiled = jitted.lower(*args, **kwargs).compile()
+    with _without_native_noise():  # XLA:GPU logs its own view of an out-of-memory program
+      compiled = jitted.lower(*args, **kwargs).compile()
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" in str(e) or "out of memory" in str(e).lower():
       raise _parse_oom(str(e)) from None
@@ -566,12 +574,15 @@ def find_max_batch(
     fitting = sorted(k for k, v in known.items() if v is not None)[-2:]
     lo = fitting[-1]
     (k1, m1), (k2, m2) = ((k, known[k]) for k in fitting)
-    slope = max((m2 - m1) / (k2 - k1), 1)
+    # Never flatter than a quarter of the mean bytes per patch (the compiler's figure can
+    # stay flat between two batches), and at most 4x per step: a wild guess costs a
+    # long bisection.
+    slope = max((m2 - m1) / (k2 - k1), m2 / k2 / 4)
     room = capacity * (1 - HEADROOM / 2) - m2
     if not exact and room < capacity * HEADROOM:
       hi = lo + 1  # within the headroom of the capacity: close enough for a table
       break
-    nxt = max(lo + 1, int(k2 + room / slope))
+    nxt = min(max(lo + 1, int(k2 + room / slope)), 4 * lo)
   # Bisection; exact=False stops within 5%.
   while hi - lo > (1 if exact else max(1, lo // 20)):
     mid = (lo + hi) // 2
@@ -806,8 +817,13 @@ def _interruptible(fn):
 
   worker = threading.Thread(target=work, daemon=True, name="compile")
   worker.start()
-  while worker.is_alive():
-    worker.join(0.1)
+  try:
+    while worker.is_alive():
+      worker.join(0.1)
+  except KeyboardInterrupt:
+    if _real_stderr is not None:  # the compile's stderr is captured: the message must show
+      os.dup2(_real_stderr, 2)
+    raise
   if "error" in result:
     raise result["error"]
   return result["value"]
