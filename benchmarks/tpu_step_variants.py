@@ -14,6 +14,7 @@ bytes accessed and FLOPs:
 """
 
 import argparse
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,17 @@ def step_without_guard(state, batch, *, model, tx, scale):
   return new, {"loss": loss, "finite": jnp.isfinite(loss)}
 
 
+@contextlib.contextmanager
+def replaced(module, name, value):
+  """`module.name` is `value` inside the block (the step is traced anew at each compile)."""
+  original = getattr(module, name)
+  setattr(module, name, value)
+  try:
+    yield
+  finally:
+    setattr(module, name, original)
+
+
 def measure(config, devices):
   (compiled,) = aot.compile_train_steps(config, devices).values()
   return compiled
@@ -62,18 +74,10 @@ def main():
   devices = aot.tpu_devices(accelerators.slice_for(args.tpu))
 
   rows = [("production step", measure(config, devices))]
-  original = models.Upsampler
-  models.Upsampler = PyTorchOrderUpsampler
-  try:
+  with replaced(models, "Upsampler", PyTorchOrderUpsampler):
     rows.append(("pixel shuffle, PyTorch order", measure(config, devices)))
-  finally:
-    models.Upsampler = original
-  original_step = train.train_step
-  train.train_step = step_without_guard
-  try:
+  with replaced(train, "train_step", step_without_guard):
     rows.append(("no non-finite guard", measure(config, devices)))
-  finally:
-    train.train_step = original_step
 
   def mib(n):
     return f"{n / 2**20:9.1f}"

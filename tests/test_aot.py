@@ -17,7 +17,7 @@ import sys
 import jax
 import pytest
 
-from edsr_jax import config_lib, models, train
+from edsr_jax import accelerators, config_lib, models, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BASELINE = "configs/edsr_baseline_x2.py"
@@ -220,8 +220,6 @@ print(json.dumps(out))
 
 
 def test_accelerator_types_map_to_the_slices_libtpu_builds():
-  from edsr_jax import accelerators
-
   for name, (chips, hosts) in SLICES.items():
     s = accelerators.slice_for(name)
     assert (s.chips, s.hosts) == (chips, hosts), name
@@ -370,3 +368,29 @@ def test_ctrl_c_stops_a_compile_at_once(tmp_path):
   assert process.returncode == 130
   assert stderr.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)")
   assert "Traceback" not in stderr
+
+
+def test_readme_tpu_table_is_the_tools_output():
+  """The README's table is benchmarks/tpu_table.py's rendering of docs/tpu_table.json,
+  whose rows are compiles that fit (each row a real `aot.check` report's summary)."""
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  try:
+    import tpu_table
+  finally:
+    sys.path.pop(0)
+  table = tpu_table.markdown(str(REPO / "docs" / "tpu_table.json"))
+  readme = (REPO / "README.md").read_text()
+  block = re.search(r"<!-- tpu-table:.*?-->\n(.*?)\n<!-- /tpu-table -->", readme, re.S)[1]
+  assert block == table
+  rows = json.loads((REPO / "docs" / "tpu_table.json").read_text())
+  presets = {k.split(" | ")[0] for k in rows}
+  assert presets == set(tpu_table.PRESETS)
+  for name, row in rows.items():
+    preset, accelerator, dtype, which = name.split(" | ")
+    assert row["fits"] and row["batch"] % row["chips"] == 0, name
+    tpu_slice = accelerators.slice_for(accelerator)
+    assert (row["chips"], row["hosts"]) == (tpu_slice.chips, tpu_slice.hosts)
+    if which == "16":
+      assert row["batch"] == 16
+    else:
+      assert row["batch"] >= rows[f"{preset} | {accelerator} | {dtype} | 16"]["batch"]
