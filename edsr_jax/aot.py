@@ -743,8 +743,23 @@ def check(
   return report
 
 
-def main(argv):
+def _check_output_path(flag: str, path: str | None) -> None:
+  """Refuses, before minutes of compiling, an output file that cannot be written."""
+  if not path:
+    return
+  path = os.path.abspath(os.path.expanduser(path))
+  parent = os.path.dirname(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if os.path.isdir(path):
+    raise errors.UserError(f"--{flag}={path}: a folder; give a file name")
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+    raise errors.UserError(
+      f"--{flag}={path}: cannot write there ({parent} is not a writable folder)"
+    )
 
+
+def main(argv):
   del argv
   FLAGS = flags.FLAGS
   config = FLAGS.config
@@ -752,10 +767,13 @@ def main(argv):
     raise errors.UserError("give one of --tpu=TYPE (e.g. v5litepod-8) or --gpu=TYPE (h100-8)")
   accelerator = FLAGS.tpu or FLAGS.gpu
   kind = "tpu" if FLAGS.tpu else "cuda"
-  if accelerators.slice_for(accelerator).chip.platform != kind:
+  tpu_slice = accelerators.slice_for(accelerator)
+  if tpu_slice.chip.platform != kind:
     flag = "--gpu" if kind == "tpu" else "--tpu"
     raise errors.UserError(f"{accelerator!r} is not a {kind.upper()} type: give it as {flag}")
-  devices = devices_for(accelerators.slice_for(accelerator))
+  _check_output_path("output_json", FLAGS.output_json)
+  _check_output_path("dump_hlo", FLAGS.dump_hlo)
+  devices = devices_for(tpu_slice)
   try:
     report = _interruptible(
       lambda: check(
@@ -768,7 +786,6 @@ def main(argv):
       )
     )
   except OutOfMemory as e:
-    tpu_slice = accelerators.slice_for(accelerator)
     if FLAGS.output_json:
       _write_json(
         FLAGS.output_json,
@@ -797,9 +814,7 @@ def main(argv):
     _write_json(FLAGS.output_json, report)
   if not report["fits"]:
     raise errors.UserError(
-      does_not_fit_message(
-        config, accelerators.slice_for(FLAGS.tpu), report["hbm_bytes_per_chip"], None
-      )
+      does_not_fit_message(config, tpu_slice, report["hbm_bytes_per_chip"], None)
     )
   return 0
 

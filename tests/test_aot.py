@@ -246,6 +246,8 @@ def test_accelerator_types_map_to_the_slices_libtpu_builds():
     (["--tpu=v5litepod-7"], "v5litepod slices come in sizes"),
     (["--tpu=tpu9-8"], "not an accelerator type known here"),
     (["--tpu=v5litepod-8", "--config.batch_size=12"], "does not divide over the 8 chips"),
+    (["--tpu=v5litepod-8", "--output_json=README.md/r.json"], "cannot write there"),
+    (["--tpu=v5litepod-8", "--dump_hlo=docs"], "a folder; give a file name"),
   ],
 )
 def test_bad_requests_are_one_line_errors(tmp_path, args, message):
