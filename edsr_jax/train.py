@@ -32,6 +32,7 @@ from edsr_jax import (
   metrics,
   models,
   optim,
+  summaries,
   workdir_lock,
 )
 
@@ -329,10 +330,6 @@ def _train(config, workdir, scales, sampler, val_images) -> TrainState:
       )
       return state
 
-    # Deferred: CLU's writers import TensorFlow (seconds); loaded once the data and the
-    # checkpoint are known to be good, and never by tools that only need TrainState.
-    from clu import metric_writers, periodic_actions
-
     if is_chief:
       config_file = workdir / "config.json"
       try:
@@ -340,7 +337,9 @@ def _train(config, workdir, scales, sampler, val_images) -> TrainState:
       except OSError as e:
         raise errors.CheckpointError(f"cannot write {config_file}: {errors.one_line(e)}") from e
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    # Created once the data and the checkpoint are known to be good: CLU's writers import
+    # TensorFlow (seconds).
+    writer = summaries.create_writer(workdir, is_chief=is_chief)
     cleanup.callback(writer.close)
     if start_step == 0:
       writer.write_hparams(
@@ -350,7 +349,7 @@ def _train(config, workdir, scales, sampler, val_images) -> TrainState:
           if isinstance(v, int | float | str | bool)
         }
       )
-    report = periodic_actions.ReportProgress(
+    report = summaries.report_progress(
       num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps
     )
 

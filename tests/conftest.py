@@ -70,3 +70,18 @@ def count_compiles(fn, name: str) -> int:
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   return sum(name in n for n in names)
+
+
+@pytest.fixture(scope="session")
+def without_tensorflow(tmp_path_factory) -> dict[str, str]:
+  """Environment for a subprocess in which TensorFlow and TFDS cannot be imported, as on a
+  machine that has JAX but no TensorFlow (the import fails as for a missing package)."""
+  block = tmp_path_factory.mktemp("no_tensorflow")
+  for name in ("tensorflow", "tensorflow_datasets"):
+    (block / name).mkdir()
+    (block / name / "__init__.py").write_text(
+      f"raise ModuleNotFoundError(\"No module named '{name}'\", name={name!r})\n"
+    )
+  return dict(
+    os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(block), os.environ.get("PYTHONPATH")]))
+  )

@@ -5,6 +5,7 @@ uninterrupted run (same batches by construction, same restored state), which als
 that the learning-rate schedule and Adam's moments were restored.
 """
 
+import io
 import os
 import pathlib
 import signal
@@ -15,6 +16,9 @@ import time
 import numpy as np
 import pytest
 from conftest import read_scalars
+from PIL import Image
+from tensorboard.backend.event_processing import event_file_loader
+from tensorboard.util import tensor_util
 
 from edsr_jax import checkpoint, errors, inference
 
@@ -210,3 +214,55 @@ def test_a_workdir_where_checkpoints_cannot_be_created_is_a_clear_error(tmp_path
   assert str(info.value).startswith(
     f"cannot create the checkpoint directory {workdir / 'checkpoints'}: "
   )
+
+
+def _events(workdir):
+  """{(tag, step): value} of every summary in `workdir` (images decoded to arrays)."""
+  out = {}
+  for f in pathlib.Path(workdir).glob("events.out.tfevents.*"):
+    for event in event_file_loader.EventFileLoader(str(f)).Load():
+      for value in event.summary.value:
+        plugin = value.metadata.plugin_data.plugin_name
+        if plugin == "scalars":
+          out[value.tag, event.step] = float(tensor_util.make_ndarray(value.tensor))
+        elif plugin == "images":
+          width, height, *pngs = value.tensor.string_val
+          images = [np.asarray(Image.open(io.BytesIO(p))) for p in pngs]
+          assert all(i.shape[:2] == (int(height), int(width)) for i in images)
+          out[value.tag, event.step] = images
+  return out
+
+
+def test_training_without_tensorflow_writes_the_same_summaries(tmp_path, without_tensorflow):
+  """Where TensorFlow is missing (CLU's writer needs it), training warns and writes the
+  same scalars and validation images through tensorboard's own event writer."""
+  steps = ["--config.num_train_steps=4", "--config.eval_every_steps=2"]
+  cmd = [sys.executable, "-m", "edsr_jax.main", *TINY, *steps]
+  with_tf = subprocess.run(
+    [*cmd, f"--workdir={tmp_path / 'clu'}"], cwd=ROOT, env=_env(), capture_output=True, timeout=300
+  )
+  assert with_tf.returncode == 0, with_tf.stderr[-3000:]
+  env = dict(without_tensorflow, JAX_PLATFORMS="cpu")
+  no_tf = subprocess.run(
+    [*cmd, f"--workdir={tmp_path / 'no_tf'}"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert no_tf.returncode == 0, no_tf.stderr[-3000:]
+  assert "CLU's summary writer cannot be imported (No module named 'tensorflow')" in no_tf.stderr
+  assert "Traceback" not in no_tf.stderr
+  ours, clu = _events(tmp_path / "no_tf"), _events(tmp_path / "clu")
+  wanted = {k for k in clu if k[0] != "steps_per_sec" and not k[0].startswith("uptime")}
+  assert {("train/loss", 4), ("val/psnr", 4), ("val/chelsea/lr_bicubic_sr_hr", 4)} <= wanted
+  assert wanted <= set(ours)
+  for key in wanted:
+    if isinstance(clu[key], list):
+      assert len(ours[key]) == len(clu[key]) and all(
+        np.array_equal(a, b) for a, b in zip(ours[key], clu[key], strict=True)
+      ), key
+    else:
+      assert ours[key] == pytest.approx(clu[key], rel=1e-6), key
+  assert ("steps_per_sec", 4) in ours
