@@ -49,7 +49,7 @@ def create_writer(workdir, *, is_chief: bool):
 def report_progress(*, num_train_steps: int, writer, every_steps: int):
   """CLU's ReportProgress (steps/s, ETA), or `StepRate` where CLU cannot be imported."""
   try:
-    # Deferred, as above.
+    # Deferred, as above: it imports TensorFlow through CLU's writers.
     from clu import periodic_actions
   except ImportError:
     return StepRate(num_train_steps=num_train_steps, writer=writer, every_steps=every_steps)
