@@ -73,41 +73,10 @@ declare -A FLAG=(
   [cuda]=12
   [venv]=$REPO/.venv
 )
-DRY_RUN=0
-LATENCY_HIDING=0
-EXTRA=()
-
-# flag_name --some-flag: prints some_flag, or stops with the usage if the command has none.
-flag_name() {
-  local name=${1#--}
-  name=${name//-/_}
-  [[ " ${ALLOWED[$COMMAND]} " == *" $name "* ]] || usage_error "unknown flag for '$COMMAND': $1"
-  printf '%s' "$name"
-}
-
-while (($#)); do
-  case $1 in
-    --) shift; EXTRA=("$@"); break ;;
-    --dry-run | --dry_run) DRY_RUN=1 ;;
-    --latency-hiding | --latency_hiding)
-      [[ $COMMAND == train ]] || usage_error "unknown flag for '$COMMAND': $1"
-      LATENCY_HIDING=1
-      ;;
-    -h | --help) usage; exit 0 ;;
-    --*=*)
-      name=$(flag_name "${1%%=*}")
-      FLAG[$name]=${1#*=}
-      ;;
-    --*)
-      name=$(flag_name "$1")
-      (($# >= 2)) && [[ $2 != --* ]] || flag_error "$1 needs a value"
-      FLAG[$name]=$2
-      shift
-      ;;
-    *) usage_error "unexpected argument: $1" ;;
-  esac
-  shift
-done
+declare -A SWITCHES=(
+  [train]="latency_hiding"
+)
+parse_flags "$@"
 
 if ((${#EXTRA[@]})) && [[ $COMMAND != train ]]; then
   flag_error "only 'train' takes arguments after --"
@@ -147,7 +116,7 @@ cmd_train() {
     cmd+=(--config.data.source=tfds --config.data.tfds_data_dir="${FLAG[tfds_data_dir]}")
   fi
   cmd+=("${EXTRA[@]}")
-  if ((LATENCY_HIDING)); then
+  if ((${SWITCH[latency_hiding]:-0})); then
     cmd=(env "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }$LHS_FLAG" "${cmd[@]}")
   fi
   run cd "$REPO"

@@ -86,38 +86,10 @@ declare -A FLAG=(
   [provisioning]=on-demand
   [worker]=0
 )
-DRY_RUN=0
-SKIP_CHECK=0
-EXTRA=()
-
-# flag_name --some-flag: prints some_flag, or stops with the usage if the command has none.
-flag_name() {
-  local name=${1#--}
-  name=${name//-/_}
-  [[ " ${ALLOWED[$COMMAND]} " == *" $name "* ]] || usage_error "unknown flag for '$COMMAND': $1"
-  printf '%s' "$name"
-}
-
-while (($#)); do
-  case $1 in
-    --) shift; EXTRA=("$@"); break ;;
-    --dry-run | --dry_run) DRY_RUN=1 ;;
-    --skip-check | --skip_check) SKIP_CHECK=1 ;;
-    -h | --help) usage; exit 0 ;;
-    --*=*)
-      name=$(flag_name "${1%%=*}")
-      FLAG[$name]=${1#*=}
-      ;;
-    --*)
-      name=$(flag_name "$1")
-      (($# >= 2)) && [[ $2 != --* ]] || flag_error "$1 needs a value"
-      FLAG[$name]=$2
-      shift
-      ;;
-    *) usage_error "unexpected argument: $1" ;;
-  esac
-  shift
-done
+declare -A SWITCHES=(
+  [train]="skip_check"
+)
+parse_flags "$@"
 
 if [[ $COMMAND != check ]]; then require name zone project; fi
 if ((${#EXTRA[@]})) && [[ $COMMAND != train && $COMMAND != check ]]; then
@@ -222,7 +194,7 @@ cmd_train() {
     "share it, and a TPU VM's disk is lost when it is deleted or preempted), not '$workdir'"
   [[ $config != /* && -f $REPO/${config%%:*} ]] ||
     flag_error "--config: no file ${config%%:*} in $REPO (give the path inside the checkout)"
-  if ((!SKIP_CHECK)); then
+  if ((!${SWITCH[skip_check]:-0})); then
     [[ -n ${FLAG[accelerator_type]:-} ]] || flag_error "--accelerator_type is required for" \
       "'train' (the TPU's type, e.g. v4-8: the step is compiled for it first), or --skip_check"
     cmd_check
