@@ -5,7 +5,8 @@
 
 Any config value can be overridden with `--config.<key>=<value>`; re-running with the
 same --workdir resumes from its latest checkpoint. Several hosts: on Cloud TPU run the
-same command on every worker (JAX finds the others); elsewhere add
+same command on every worker (JAX finds the others); in a Slurm job start one process per
+GPU with `srun ... --cluster_detection=slurm` (launch/slurm.sh does); elsewhere add
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` on each process.
 """
 
@@ -28,13 +29,45 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+flags.DEFINE_enum(
+  "cluster_detection",
+  None,
+  ["slurm"],
+  "Connect the processes of a job through JAX's detection of this cluster manager "
+  "(slurm: processes started by srun, one per GPU; see launch/slurm.sh).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+# What JAX's Slurm detection reads (jax._src.clusters.slurm_cluster); srun sets them all.
+SLURM_VARIABLES = (
+  "SLURM_JOB_ID",
+  "SLURM_STEP_NODELIST",
+  "SLURM_NTASKS",
+  "SLURM_PROCID",
+  "SLURM_LOCALID",
+)
 
 
 def initialize_distributed() -> None:
   """Connects the processes of a multi-host run; a single process needs nothing."""
   explicit = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  if any(v is not None for v in explicit):
+  if FLAGS.cluster_detection == "slurm":
+    if any(v is not None for v in explicit):
+      raise app.UsageError(
+        "--cluster_detection=slurm takes the processes from Slurm: drop --coordinator_address, "
+        "--num_processes and --process_id"
+      )
+    missing = [v for v in SLURM_VARIABLES if v not in os.environ]
+    if missing:
+      raise app.UsageError(
+        f"--cluster_detection=slurm: {', '.join(missing)} not set; start the processes with "
+        "srun inside a Slurm job (launch/slurm.sh does)"
+      )
+    # JAX reads the coordinator (first node of the step, a port from the job id), the
+    # process count and index, and gives each process the GPU of its SLURM_LOCALID.
+    jax.distributed.initialize(cluster_detection_method="slurm")
+  elif any(v is not None for v in explicit):
     if any(v is None for v in explicit):
       raise app.UsageError("--coordinator_address, --num_processes and --process_id go together")
     jax.distributed.initialize(*explicit)

@@ -8,7 +8,10 @@ developer's machine, but fail in CI (CI=true) so a missing path never passes sil
 import atexit
 import os
 import pathlib
+import random
 import shutil
+import socket
+import sys
 import tempfile
 
 # Imported before the cache variable below is set: this process's own compile counts
@@ -85,3 +88,82 @@ def without_tensorflow(tmp_path_factory) -> dict[str, str]:
   return dict(
     os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(block), os.environ.get("PYTHONPATH")]))
   )
+
+
+# Slurm stand-ins for one node (launch/slurm.sh's tests): `sbatch` runs the batch script
+# at once with the variables sbatch sets; `srun` starts SLURM_NTASKS copies of its
+# command with the variables srun sets (what JAX's Slurm detection reads), forwards
+# SIGTERM to them and exits with the highest status, as srun does; `scontrol` records its
+# arguments. Each writes what it did into $FAKE_SLURM_LOG.
+_FAKE_SBATCH = """#!{python}
+import os, pathlib, re, subprocess, sys
+log = pathlib.Path(os.environ["FAKE_SLURM_LOG"])
+script = sys.argv[-1]
+opt = dict(re.findall(r"^#SBATCH --([\\w-]+)=(.*)$", pathlib.Path(script).read_text(), re.M))
+assert opt["nodes"] == "1", "the fake runs one-node jobs"
+job, tasks = os.environ["FAKE_SLURM_JOB_ID"], opt["ntasks-per-node"]
+env = dict(
+  os.environ, SLURM_JOB_ID=job, SLURM_JOB_NAME=opt["job-name"], SLURM_JOB_NODELIST="localhost",
+  SLURM_NNODES="1", SLURM_NTASKS=tasks, SLURM_NTASKS_PER_NODE=tasks,
+  SLURM_PROCID="0", SLURM_LOCALID="0",
+)
+out = opt["output"].replace("%x", opt["job-name"]).replace("%j", job)
+with open(out, "a") as f:
+  batch = subprocess.Popen(["bash", script], env=env, stdout=f, stderr=subprocess.STDOUT)
+  (log / "batch_pid").write_text(str(batch.pid))
+  status = batch.wait()
+(log / "batch_status").write_text(str(status))
+print(f"Submitted batch job {{job}}")
+"""
+
+_FAKE_SRUN = """#!{python}
+import os, pathlib, signal, subprocess, sys
+args, opts = sys.argv[1:], {{}}
+while args[0].startswith("--"):
+  key, _, value = args.pop(0)[2:].partition("=")
+  opts[key] = value
+n, job = int(os.environ["SLURM_NTASKS"]), os.environ["SLURM_JOB_ID"]
+pathlib.Path(os.environ["FAKE_SLURM_LOG"], "srun_options").write_text(repr(opts))
+tasks = []
+for t in range(n):
+  env = dict(
+    os.environ, SLURM_PROCID=str(t), SLURM_LOCALID=str(t), SLURM_STEP_ID="0",
+    SLURM_STEP_NODELIST=os.environ["SLURM_JOB_NODELIST"], SLURM_STEP_NUM_NODES="1",
+    SLURM_STEP_NUM_TASKS=str(n),
+  )
+  out = opts["output"].replace("%x", os.environ["SLURM_JOB_NAME"]).replace("%j", job)
+  with open(out.replace("%t", str(t)), "a") as f:
+    tasks.append(subprocess.Popen(args, env=env, stdout=f, stderr=subprocess.STDOUT))
+signal.signal(signal.SIGTERM, lambda *_: [p.send_signal(signal.SIGTERM) for p in tasks])
+codes = [p.wait() for p in tasks]
+sys.exit(max(c if c >= 0 else 128 - c for c in codes))
+"""
+
+_FAKE_SCONTROL = """#!/bin/sh
+echo "$*" >> "$FAKE_SLURM_LOG/scontrol"
+"""
+
+
+def _free_slurm_job_id() -> str:
+  """A job id whose coordinator port (JAX: 61440 + id % 4096) is free here."""
+  for port in random.sample(range(61440, 65536), 50):
+    with socket.socket() as s:
+      try:
+        s.bind(("127.0.0.1", port))
+      except OSError:
+        continue
+    return str(4096 * random.randint(1, 200) + port - 61440)
+  raise RuntimeError("no free port in 61440..65535")
+
+
+@pytest.fixture
+def fake_slurm(tmp_path):
+  """(bin folder to put first on PATH, log folder, environment additions)."""
+  bin_dir, log = tmp_path / "slurm_bin", tmp_path / "slurm_log"
+  bin_dir.mkdir()
+  log.mkdir()
+  for name, text in [("sbatch", _FAKE_SBATCH), ("srun", _FAKE_SRUN), ("scontrol", _FAKE_SCONTROL)]:
+    (bin_dir / name).write_text(text.format(python=sys.executable))
+    (bin_dir / name).chmod(0o755)
+  env = {"FAKE_SLURM_LOG": str(log), "FAKE_SLURM_JOB_ID": _free_slurm_job_id()}
+  return bin_dir, log, env

