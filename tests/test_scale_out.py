@@ -118,24 +118,73 @@ def _two_processes(workdir, steps):
   return errors
 
 
-def test_two_processes_match_one_process_and_resume(tmp_path):
-  _run(_cmd(tmp_path / "single", 10, "--config.checkpoint_every_steps=5"), devices=4)
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+  """A 10-step run of one process with 4 devices: what 2 processes x 2 devices must match."""
+  workdir = tmp_path_factory.mktemp("single")
+  _run(_cmd(workdir, 10, "--config.checkpoint_every_steps=5"), devices=4)
+  return workdir
+
+
+def _assert_same_run(reference, workdir):
+  """Same losses at every step, and the same final parameters."""
+  single = read_scalars(reference, "train/loss")
+  multi = read_scalars(workdir, "train/loss")  # only process 0 writes
+  assert sorted(multi) == list(range(1, 11))
+  for step in single:
+    np.testing.assert_allclose(multi[step], single[step], rtol=1e-5)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+    _params(reference),
+    _params(workdir),
+  )
+
+
+def test_two_processes_match_one_process_and_resume(tmp_path, four_devices):
   errors = _two_processes(tmp_path / "multi", 6)
   assert "process 0 of 2" in errors[0] and "process 1 of 2" in errors[1]
   assert _finished_steps(tmp_path / "multi") == [5, 6]  # one checkpoint, written together
   errors = _two_processes(tmp_path / "multi", 10)  # resume both processes
   assert all("at step 6" in e for e in errors)
-  single = read_scalars(tmp_path / "single", "train/loss")
-  multi = read_scalars(tmp_path / "multi", "train/loss")  # only process 0 writes
-  assert sorted(multi) == list(range(1, 11))
-  for step in single:
-    np.testing.assert_allclose(multi[step], single[step], rtol=1e-5)
+  _assert_same_run(four_devices, tmp_path / "multi")
   assert not list((tmp_path / "multi").glob("*/events.out.tfevents.*"))
-  jax.tree.map(
-    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-    _params(tmp_path / "single"),
-    _params(tmp_path / "multi"),
+
+
+def test_slurm_job_of_two_tasks_trains_like_one_process(tmp_path, fake_slurm, four_devices):
+  """launch/slurm.sh's job, started as sbatch and srun would start it on one node with two
+  tasks: JAX's Slurm detection connects the two processes (coordinator on the first node,
+  port from the job id), and they train the same steps as one process."""
+  bin_dir, log, slurm_env = fake_slurm
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+    [
+      "bash",
+      "launch/slurm.sh",
+      "submit",
+      "--nodes=1",
+      "--gpus_per_node=2",
+      TINY[0],
+      f"--workdir={workdir}",
+      f"--venv={pathlib.Path(sys.executable).parent.parent}",
+      "--",
+      *TINY[1:],
+      "--config.num_train_steps=10",
+      "--config.checkpoint_every_steps=5",
+    ],
+    cwd=ROOT,
+    env={**_env(2), **slurm_env, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+    capture_output=True,
+    text=True,
+    timeout=600,
   )
+  assert result.returncode == 0, result.stderr
+  job = slurm_env["FAKE_SLURM_JOB_ID"]
+  task_logs = [(workdir / "slurm" / f"edsr_jax-{job}-task{t}.out").read_text() for t in (0, 1)]
+  assert (log / "batch_status").read_text() == "0", task_logs[0][-3000:]
+  assert not (log / "scontrol").exists()  # finished: not requeued
+  for t, text in enumerate(task_logs):
+    assert f"process {t} of 2, 2 local devices of 4" in text
+  _assert_same_run(four_devices, workdir)
 
 
 def _start(workdir, steps, *extra):
