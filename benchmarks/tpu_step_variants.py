@@ -1,7 +1,7 @@
 """What the TPU compiler says about variants of the train step: before/after of each fix.
 
   .venv/bin/python benchmarks/tpu_step_variants.py [--tpu=v5litepod-8] \
-      [--config=configs/edsr_baseline_x2.py] [--batch=128] [--dtype=float32]
+      [--config=configs/edsr.py:x2,baseline] [--batch=128] [--dtype=float32]
 
 Compiles (edsr_jax.aot, no TPU needed) the production step and, side by side, the same
 step with one thing changed back, and prints per-chip HBM, temporaries and the compiler's
@@ -65,7 +65,7 @@ def measure(config, devices):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--tpu", default="v5litepod-8")
-  parser.add_argument("--config", default="configs/edsr_baseline_x2.py")
+  parser.add_argument("--config", default="configs/edsr.py:x2,baseline")
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--dtype", default="float32")
   args = parser.parse_args()

@@ -21,10 +21,10 @@ import sys
 import time
 
 PRESETS = {
-  "EDSR baseline x2": "configs/edsr_baseline_x2.py",
-  "EDSR x2": "configs/edsr_x2.py",
-  "EDSR baseline x4": "configs/edsr_baseline_x4.py",
-  "EDSR x4": "configs/edsr_x4.py",
+  "EDSR baseline x2": "configs/edsr.py:x2,baseline",
+  "EDSR x2": "configs/edsr.py:x2",
+  "EDSR baseline x4": "configs/edsr.py:x4,baseline",
+  "EDSR x4": "configs/edsr.py:x4",
   "MDSR": "configs/mdsr.py",
 }
 SINGLE_HOST = ("v5litepod-8", "v4-8", "v6e-8", "h100-8")

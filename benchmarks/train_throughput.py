@@ -49,8 +49,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NETWORKS = {
   "tiny": (2, 8, 1.0),
   "demo": (8, 32, 1.0),  # configs/demo.py
-  "baseline": (16, 64, 1.0),  # configs/edsr_baseline_x2.py
-  "full": (32, 256, 0.1),  # configs/edsr_x2.py
+  "baseline": (16, 64, 1.0),  # configs/edsr.py:x2,baseline
+  "full": (32, 256, 0.1),  # configs/edsr.py:x2
 }
 SCALE = 2
 DTYPES = ("float32", "bfloat16")

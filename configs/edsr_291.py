@@ -71,7 +71,7 @@ Quick smoke run on the built-in demo photos (a few steps, tiny batch):
   (or `:x3,runlocal`, `:x4,runlocal`)
 """
 
-from edsr_jax import config_lib, errors
+from edsr_jax import config_lib
 
 # LR patch side per scale: the largest that the smallest T91 image (78 px) allows.
 PATCH_SIZES = {2: 32, 3: 24, 4: 16}
@@ -82,14 +82,7 @@ SCHEDULES = {2: (12_000, 1e-3, 3_000), 3: (6_000, 5e-4, 1_500), 4: (8_000, 5e-4,
 
 
 def get_config(arg: str | None = None):
-  parts = [p for p in (arg or "").split(",") if p]
-  scales = [int(p[1]) for p in parts if p in ("x2", "x3", "x4")]
-  if len(scales) > 1 or len(parts) - len(scales) > parts.count("runlocal") or len(parts) > 2:
-    raise errors.ConfigError(
-      f"unknown config argument {arg!r}: allowed x2, x3 or x4 (the scale; default x2), "
-      "runlocal, or both (x3,runlocal)"
-    )
-  scale = scales[0] if scales else 2
+  scale, words = config_lib.variant(arg)
 
   c = config_lib.base_config()
   c.model.name = "edsr"
@@ -109,4 +102,4 @@ def get_config(arg: str | None = None):
   c.checkpoint_every_steps = 1_000
   c.data.source = "folder"
   c.data.val_convention = "benchmark"  # Set5: Y channel, border = scale
-  return config_lib.finalize(c, "runlocal" if "runlocal" in parts else None)
+  return config_lib.runlocal(c) if "runlocal" in words else c

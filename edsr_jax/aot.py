@@ -1,6 +1,6 @@
 """Compiles the production train step for a Cloud TPU slice, on any machine, without a TPU.
 
-  python -m edsr_jax.aot --tpu=v5litepod-8 --config=configs/edsr_x2.py \
+  python -m edsr_jax.aot --tpu=v5litepod-8 --config=configs/edsr.py:x2 \
       [--config.batch_size=64] [--config.model.dtype=bfloat16] [--max_batch] \
       [--output_json=report.json] [--dump_hlo=step.hlo.txt]
 

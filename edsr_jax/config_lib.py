@@ -226,6 +226,24 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def variant(arg: str | None, words: tuple[str, ...] = (), scales=(2, 3, 4)) -> tuple[int, set]:
+  """Parses a config file's argument: a comma list of at most one scale (`x2`, `x3`...;
+  default the first of `scales`, None if there are none), `runlocal`, and any of `words`.
+  Returns (scale, the words given); anything else is a ConfigError saying what is allowed."""
+  parts = [p.strip() for p in (arg or "").split(",") if p.strip()]
+  given = {p for p in parts if p in (*words, "runlocal")}
+  scale_words = [p for p in parts if p in {f"x{s}" for s in scales}]
+  unknown = [p for p in parts if p not in given and p not in scale_words]
+  if unknown or len(scale_words) > 1 or len(parts) != len(set(parts)):
+    allowed = [*([" | ".join(f"x{s}" for s in scales)] if scales else []), *words, "runlocal"]
+    one_scale = f" (at most one scale; default x{scales[0]})" if scales else ""
+    raise errors.ConfigError(
+      f"unknown config argument {arg!r}: a comma list of {', '.join(allowed)}{one_scale}"
+    )
+  default = scales[0] if scales else None
+  return (int(scale_words[0][1:]) if scale_words else default), given
+
+
 def finalize(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
   """Applies a config file's optional argument (`--config=configs/x.py:runlocal`)."""
   if arg in (None, ""):
@@ -243,6 +261,9 @@ def load_config_file(path: str | os.PathLike, arg: str | None = None):
   `get_config`, or an argument `get_config` refuses.
   """
   path = os.fspath(path)
+  if arg is None and ".py:" in path:  # `configs/edsr.py:x2,baseline`, as --config takes it
+    path, arg = path.split(".py:", 1)
+    path += ".py"
   where = path if arg is None else f"{path}:{arg}"
   if not os.path.exists(path):
     raise errors.ConfigError(f"config file {path}: no such file")

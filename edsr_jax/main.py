@@ -1,6 +1,6 @@
 """Trains EDSR / MDSR.
 
-  python -m edsr_jax.main --config=configs/edsr_baseline_x2.py --workdir=runs/x2 \
+  python -m edsr_jax.main --config=configs/edsr.py:x2,baseline --workdir=runs/x2 \
       --config.data.train_dir=/data/DIV2K --config.num_train_steps=1000
 
 Any config value can be overridden with `--config.<key>=<value>`; re-running with the

@@ -46,7 +46,7 @@ Flags take --flag=value or --flag value; dashes and underscores are interchangea
 
 Example (8 GPUs, DIV2K unpacked in /data/DIV2K):
   launch/gpu.sh setup
-  launch/gpu.sh train --config=configs/edsr_x2.py --workdir=runs/edsr_x2 --latency_hiding \
+  launch/gpu.sh train --config=configs/edsr.py:x2 --workdir=runs/edsr_x2 --latency_hiding \
       -- --config.data.train_dir=/data/DIV2K --config.data.val_dir=/data/DIV2K
 EOF
 }

@@ -48,7 +48,7 @@ Flags take --flag=value or --flag value; dashes and underscores are interchangea
 Example (2 nodes x 8 GPUs, DIV2K unpacked in /shared/DIV2K):
   launch/gpu.sh setup      # once, on a node, into the shared checkout
   launch/slurm.sh submit --nodes=2 --gpus_per_node=8 --partition=gpu --time=12:00:00 \
-      --config=configs/edsr_x2.py --workdir=/shared/runs/edsr_x2 \
+      --config=configs/edsr.py:x2 --workdir=/shared/runs/edsr_x2 \
       -- --config.data.train_dir=/shared/DIV2K --config.data.val_dir=/shared/DIV2K
 EOF
 }

@@ -54,7 +54,7 @@ Example (a v4-8 spot TPU):
   launch/tpu.sh create --name=edsr --zone=us-central2-b --project=P --provisioning=spot
   launch/tpu.sh setup  --name=edsr --zone=us-central2-b --project=P
   launch/tpu.sh train  --name=edsr --zone=us-central2-b --project=P \
-      --config=configs/edsr_baseline_x2.py --workdir=gs://B/runs/x2 --tfds_data_dir=gs://B/tfds
+      --config=configs/edsr.py:x2,baseline --workdir=gs://B/runs/x2 --tfds_data_dir=gs://B/tfds
 EOF
 }
 

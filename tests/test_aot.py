@@ -20,7 +20,7 @@ import pytest
 from edsr_jax import accelerators, config_lib, models, train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-BASELINE = "configs/edsr_baseline_x2.py"
+BASELINE = "configs/edsr.py:x2,baseline"
 # Words of what libtpu prints when it looks for a TPU that is not there.
 LIBTPU_NOISE = ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "InitGoogle", "libtpu")
 
@@ -261,7 +261,7 @@ def test_bad_requests_are_one_line_errors(tmp_path, args, message):
 def test_analytical_flops_of_mdsr_count_its_5x5_pre_process():
   from edsr_jax import aot
 
-  config = config_lib.load_config_file("configs/mdsr_baseline.py")
+  config = config_lib.load_config_file("configs/mdsr.py:baseline")
   edsr_like = config.copy_and_resolve_references()
   edsr_like.model.name = "edsr"
   forward_mdsr, _ = aot.forward_conv_flops(config.model, 48, 2)
@@ -277,7 +277,7 @@ def test_a_step_that_does_not_fit_is_one_error_line(tmp_path):
   result = run_aot(
     tmp_path,
     "--tpu=v5litepod-8",
-    "--config=configs/edsr_x2.py",
+    "--config=configs/edsr.py:x2",
     "--config.batch_size=65536",
     f"--output_json={out}",
   )
@@ -354,7 +354,7 @@ def test_ctrl_c_stops_a_compile_at_once(tmp_path):
 
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION", "TPU_"))}
   process = subprocess.Popen(
-    [sys.executable, "-m", "edsr_jax.aot", "--tpu=v5litepod-8", "--config=configs/edsr_x2.py"],
+    [sys.executable, "-m", "edsr_jax.aot", "--tpu=v5litepod-8", "--config=configs/edsr.py:x2"],
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,

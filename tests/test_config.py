@@ -1,6 +1,7 @@
 """Every preset is valid, and bad values are refused before anything compiles."""
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -11,38 +12,63 @@ import pytest
 from edsr_jax import config_lib, data, errors, models
 
 ROOT = pathlib.Path(__file__).parent.parent
-PRESETS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
+# Every preset: config file and argument, as --config takes them.
+PRESETS = [
+  "demo.py",
+  "edsr_291.py",
+  *(f"edsr.py:x{s}{b}" for b in (",baseline", "") for s in (2, 3, 4)),
+  "mdsr.py",
+  "mdsr.py:baseline",
+]
 
 
-def test_all_presets_exist():
-  assert set(PRESETS) >= {
-    "edsr_baseline_x2",
-    "edsr_baseline_x3",
-    "edsr_baseline_x4",
-    "edsr_x2",
-    "edsr_x3",
-    "edsr_x4",
-    "mdsr_baseline",
-    "mdsr",
-    "demo",
-  }
+def test_every_config_file_is_a_preset():
+  assert {p.name for p in (ROOT / "configs").glob("*.py")} == {p.split(":")[0] for p in PRESETS}
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_follows_paper_recipe_and_documents_its_command(preset):
-  path = ROOT / "configs" / f"{preset}.py"
-  config = config_lib.load_config_file(path)
+  file, _, arg = preset.partition(":")
+  config = config_lib.load_config_file(ROOT / "configs" / preset)
   if config.data.source == "folder":  # presets point at the user's DIV2K copy
     config.data.train_dir = "/data/DIV2K"
   config_lib.validate(config)
-  doc = path.read_text().split('"""')[1]
-  assert f"--config=configs/{preset}.py" in doc and "expected" in doc.lower()
-  if preset not in ("demo", "edsr_291"):  # those two follow their own short recipes
+  doc = (ROOT / "configs" / file).read_text().split('"""')[1]
+  # The docstring has this variant's command, and its expected result (for the paper's
+  # networks: on the line below the command).
+  command = re.search(rf"--config=configs/{re.escape(preset)}(?=[\s:]).*\n(.*)", doc)
+  assert command, f"no command for {preset} in its docstring"
+  assert "expected" in doc.lower()
+  if file not in ("demo.py", "edsr_291.py"):  # those two follow their own short recipes
+    assert "expected" in command[1].lower() and "dB" in command[1], command[0]
     assert (config.patch_size, config.batch_size, config.learning_rate) == (48, 16, 1e-4)
     assert (config.lr_decay_steps, config.lr_decay_factor) == (200_000, 0.5)
     assert (config.adam_b1, config.adam_b2, config.adam_eps) == (0.9, 0.999, 1e-8)
     assert config.augment
-    config_lib.validate(config_lib.load_config_file(path, "runlocal"))
+    local = config_lib.load_config_file(
+      ROOT / "configs" / file, ",".join(filter(None, [arg, "runlocal"]))
+    )
+    assert (local.model.name, local.data.source) == (config.model.name, "demo")
+    assert local.model.num_features == config.model.num_features
+    config_lib.validate(local)
+
+
+@pytest.mark.parametrize(
+  "arg, scale, blocks",
+  [(None, 2, 32), ("x3", 3, 32), ("x4,baseline", 4, 16), ("baseline,x3", 3, 16)],
+)
+def test_edsr_variants(arg, scale, blocks):
+  config = config_lib.load_config_file(ROOT / "configs" / "edsr.py", arg)
+  assert (config.model.scale, config.model.num_blocks) == (scale, blocks)
+
+
+@pytest.mark.parametrize("file", ["edsr.py", "mdsr.py", "edsr_291.py"])
+@pytest.mark.parametrize("bad", ["x5", "x2,x3", "fast", "baseline,baseline"])
+def test_unknown_variants_are_refused_with_what_is_allowed(file, bad):
+  if file == "edsr_291.py" and bad.startswith("baseline"):
+    bad = "baseline"  # edsr_291 has no baseline variant
+  with pytest.raises(errors.ConfigError, match=f"unknown config argument '{bad}': a comma list of"):
+    config_lib.load_config_file(ROOT / "configs" / file, bad)
 
 
 def test_edsr_291_scale_argument_and_patches_that_fit_every_t91_image(shared_data):
@@ -71,9 +97,6 @@ def test_edsr_291_scale_argument_and_patches_that_fit_every_t91_image(shared_dat
   for arg in ("x2", "x3", "x4"):
     assert f"--config=configs/edsr_291.py:{arg}" in doc
   assert doc.count("--config.init_from=runs/edsr_291_x2") == 2
-  for bad in ("x5", "x2,x3", "fast"):
-    with pytest.raises(errors.ConfigError, match=f"unknown config argument '{bad}'"):
-      config_lib.load_config_file(path, bad)
 
 
 def _demo():

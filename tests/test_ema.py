@@ -92,7 +92,7 @@ def test_ema_follows_the_numpy_formula_and_skips_non_finite_steps():
 
 
 def test_mdsr_branches_not_trained_keep_their_average():
-  _, _, _, state, step = _setup(tiny(0.5, name="mdsr_baseline.py", arg="runlocal"))
+  _, _, _, state, step = _setup(tiny(0.5, name="mdsr.py", arg="baseline,runlocal"))
   rng = np.random.default_rng(1)
   state, _ = step(state, _batch(rng, 2), scale=2)
   before = jax.device_get(state.ema_params)
@@ -173,7 +173,7 @@ def test_ema_switched_on_or_off_at_resume(tmp_path):
 
 def test_init_from_starts_the_ema_at_the_copied_weights(ema_run):
   straight, final, _, _ = ema_run
-  c = tiny(0.9, name="edsr_baseline_x3.py", arg="runlocal")
+  c = tiny(0.9, name="edsr.py", arg="x3,baseline,runlocal")
   model, tx, mesh, fresh, _ = _setup(c)
   state = checkpoint.init_from(fresh, str(straight), tx, mesh)
   assert isinstance(state, train.EMATrainState)

@@ -6,7 +6,6 @@ from the orbax checkpoint the way training resumes, and the Flax model's output 
 compared with the PyTorch model's.
 """
 
-import importlib.util
 import os
 import pathlib
 import pickle
@@ -23,17 +22,14 @@ torch = pytest.importorskip("torch")
 
 import torch_reference as ref  # noqa: E402
 
-from edsr_jax import checkpoint, errors, import_torch, models, torch_pickle, train  # noqa: E402
+from edsr_jax import checkpoint, config_lib, errors, import_torch, models, torch_pickle, train  # noqa: E402
 from edsr_jax import torch_weights as tw  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def preset(name):
-  spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+def preset(spec):
+  return config_lib.load_config_file(REPO_ROOT / "configs" / spec)
 
 
 # `python -m edsr_jax.import_torch ARGS`, in a process where `import torch` fails: the
@@ -286,7 +282,7 @@ def test_cli_import_matches_pytorch(case, cli):
   assert max(diffs) < 1e-3, diffs
 
   if case == "edsr_baseline_x2":  # fine-tuning with the preset accepts this checkpoint
-    checkpoint.check_same_model(config, preset("edsr_baseline_x2"), str(out))
+    checkpoint.check_same_model(config, preset("edsr.py:x2,baseline"), str(out))
   if case == "edsr_x3_res_scale":  # and res_scale matters: the default 1.0 is far off
     wrong_config = config.model.copy_and_resolve_references()
     wrong_config.res_scale = 1.0

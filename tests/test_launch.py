@@ -190,7 +190,7 @@ def train_args(*extra):
   return [
     "train",
     *WHERE,
-    "--config=configs/edsr_baseline_x2.py",
+    "--config=configs/edsr.py:x2,baseline",
     "--workdir=gs://bucket/runs/x2",
     "--tfds_data_dir=gs://bucket/tfds",
     "--skip_check",  # the check (a TPU compile) has its own tests below
@@ -315,7 +315,7 @@ def test_setup_on_a_worker(sandbox, uv_installed):
   shipped = {p.relative_to(code).as_posix() for p in code.rglob("*") if p.is_file()}
   assert {
     "requirements.txt",
-    "configs/edsr_baseline_x2.py",
+    "configs/edsr.py",
     "launch/tpu.sh",
     "edsr_jax/main.py",
   } <= shipped
@@ -348,7 +348,7 @@ def test_train_command(sandbox):
     ".venv/bin/python",
     "-m",
     "edsr_jax.main",
-    "--config=configs/edsr_baseline_x2.py",
+    "--config=configs/edsr.py:x2,baseline",
     "--workdir=gs://bucket/runs/x2",
     "--config.data.source=tfds",
     "--config.data.tfds_data_dir=gs://bucket/tfds",
@@ -398,7 +398,7 @@ def check_detached_run(sandbox, train, stop, pid):
   assert argv == [
     "-m",
     "edsr_jax.main",
-    "--config=configs/edsr_baseline_x2.py",
+    "--config=configs/edsr.py:x2,baseline",
     "--workdir=gs://bucket/runs/x2",
     "--config.data.source=tfds",
     "--config.data.tfds_data_dir=gs://bucket/tfds",
@@ -551,12 +551,12 @@ def test_gpu_setup_commands(sandbox):
 
 def test_gpu_train_commands(sandbox):
   venv = sandbox.path / "venv"
-  base = ["train", "--config=configs/edsr_x2.py", "--workdir=runs/x2", f"--venv={venv}"]
+  base = ["train", "--config=configs/edsr.py:x2", "--workdir=runs/x2", f"--venv={venv}"]
   python = [
     f"{venv}/bin/python",
     "-m",
     "edsr_jax.main",
-    "--config=configs/edsr_x2.py",
+    "--config=configs/edsr.py:x2",
     "--workdir=runs/x2",
   ]
   tfds = ["--config.data.source=tfds", "--config.data.tfds_data_dir=gs://b/tfds"]
@@ -580,7 +580,7 @@ def test_gpu_train_runs_in_the_checkout(sandbox):
   result = sandbox.run(
     GPU,
     "train",
-    "--config=configs/edsr_x2.py",
+    "--config=configs/edsr.py:x2",
     "--workdir=runs/x2",
     f"--venv={venv}",
     "--latency_hiding",
@@ -592,7 +592,7 @@ def test_gpu_train_runs_in_the_checkout(sandbox):
   assert (out / "argv").read_text().split("\0")[:-1] == [
     "-m",
     "edsr_jax.main",
-    "--config=configs/edsr_x2.py",
+    "--config=configs/edsr.py:x2",
     "--workdir=runs/x2",
     TRICKY,
   ]
@@ -604,7 +604,7 @@ def test_gpu_train_runs_in_the_checkout(sandbox):
 
 # ---------------------------------------------------------------- slurm.sh
 
-SLURM_ARGS = ["submit", "--nodes=4", "--gpus_per_node=8", "--config=configs/edsr_x2.py"]
+SLURM_ARGS = ["submit", "--nodes=4", "--gpus_per_node=8", "--config=configs/edsr.py:x2"]
 
 # The venv's python for slurm.sh's jobs: one task. It says which task it is in its log,
 # records its pid and arguments, and exits with $FAKE_STATUS, or with 75 on SIGTERM (as
@@ -670,7 +670,7 @@ def test_slurm_dry_run_prints_a_multi_node_job(sandbox, fake_slurm):
     f"{venv}/bin/python",
     "-m",
     "edsr_jax.main",
-    "--config=configs/edsr_x2.py",
+    "--config=configs/edsr.py:x2",
     f"--workdir={REPO}/runs/x2",
     "--cluster_detection=slurm",
     TRICKY,
@@ -687,7 +687,7 @@ def _submit(sandbox, fake_slurm, *extra, **env):
     "submit",
     "--nodes=1",
     "--gpus_per_node=2",
-    "--config=configs/edsr_x2.py",
+    "--config=configs/edsr.py:x2",
     f"--workdir={sandbox.path / 'run'}",
     f"--venv={venv}",
     *extra,
@@ -727,7 +727,7 @@ def test_slurm_sigterm_to_the_job_waits_for_the_tasks_then_requeues(sandbox, fak
       "submit",
       "--nodes=1",
       "--gpus_per_node=2",
-      "--config=configs/edsr_x2.py",
+      "--config=configs/edsr.py:x2",
       f"--workdir={sandbox.path / 'run'}",
       f"--venv={sandbox.path / 'venv'}",
     ],
@@ -772,7 +772,7 @@ def test_slurm_sigterm_to_the_job_waits_for_the_tasks_then_requeues(sandbox, fak
   ],
 )
 def test_slurm_bad_flags_are_refused(sandbox, args, message):
-  config = [] if any(a.startswith("--config") for a in args) else ["--config=configs/edsr_x2.py"]
+  config = [] if any(a.startswith("--config") for a in args) else ["--config=configs/edsr.py:x2"]
   result = sandbox.run(SLURM, "submit", *config, "--workdir=runs/x", *args, "--dry-run")
   assert result.returncode == 2 and message in result.stderr, result.stderr
   result = sandbox.run(SLURM, *SLURM_ARGS, "--workdir=gs://bucket/runs/x2", "--dry-run")
@@ -816,14 +816,14 @@ def test_shellcheck_clean():
 def test_check_and_train_compile_for_the_accelerator_first(sandbox):
   """`check` is edsr_jax.aot with train's --config.* overrides; `train` runs it before
   any gcloud call (dry run: prints it first)."""
-  args = ["--config=configs/edsr_x2.py", "--accelerator_type=v5litepod-8"]
+  args = ["--config=configs/edsr.py:x2", "--accelerator_type=v5litepod-8"]
   extra = ["--", "--config.batch_size=64", "--config.data.tfds_name=div2k/bicubic_x2"]
   (aot,) = sandbox.dry_run(TPU, "check", *args, *extra)
   assert aot[1:] == [
     "-m",
     "edsr_jax.aot",
     "--tpu=v5litepod-8",
-    "--config=configs/edsr_x2.py",
+    "--config=configs/edsr.py:x2",
     "--noinference",
     "--config.batch_size=64",
     "--config.data.tfds_name=div2k/bicubic_x2",

@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).parent.parent
 
 
 def tiny_mdsr(steps=6):
-  c = config_lib.load_config_file(ROOT / "configs" / "mdsr_baseline.py", "runlocal")
+  c = config_lib.load_config_file(ROOT / "configs" / "mdsr.py", "baseline,runlocal")
   c.model.num_blocks = 1
   c.model.num_features = 8
   c.patch_size = 12
@@ -123,7 +123,7 @@ def test_training_visits_every_scale_compiles_once_per_scale_and_resumes(tmp_pat
 
 
 def _tiny_edsr(scale, features=8):
-  c = config_lib.load_config_file(ROOT / "configs" / f"edsr_baseline_x{scale}.py", "runlocal")
+  c = config_lib.load_config_file(ROOT / "configs" / "edsr.py", f"x{scale},baseline,runlocal")
   c.model.num_blocks = 1
   c.model.num_features = features
   c.patch_size = 12

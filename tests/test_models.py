@@ -15,19 +15,19 @@ CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 
 # Trainable parameters of the official networks (EDSR_FACTS.md, mean shift excluded).
 OFFICIAL_PARAMS = {
-  "edsr_baseline_x2": 1_369_859,
-  "edsr_baseline_x3": 1_554_499,
-  "edsr_baseline_x4": 1_517_571,
-  "edsr_x2": 40_729_603,
-  "edsr_x3": 43_680_003,
-  "edsr_x4": 43_089_923,
-  "mdsr_baseline": 3_227_203,
-  "mdsr": 7_953_987,
+  "edsr.py:x2,baseline": 1_369_859,
+  "edsr.py:x3,baseline": 1_554_499,
+  "edsr.py:x4,baseline": 1_517_571,
+  "edsr.py:x2": 40_729_603,
+  "edsr.py:x3": 43_680_003,
+  "edsr.py:x4": 43_089_923,
+  "mdsr.py:baseline": 3_227_203,
+  "mdsr.py": 7_953_987,
 }
 
 
-def load_config(name):
-  return config_lib.load_config_file(CONFIGS / f"{name}.py")
+def load_config(spec):
+  return config_lib.load_config_file(CONFIGS / spec)
 
 
 def param_shapes(model, scale):

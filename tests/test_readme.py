@@ -68,7 +68,7 @@ COMMANDS = {
   "make demo": "test_make_demo",
   "make upscale": "test_make_upscale",
   "make test": "not run from inside itself: `.ci/run` runs it on every submission",
-  ".venv/bin/python -m edsr_jax.main --config=configs/edsr_baseline_x2.py --workdir=runs/x2": (
+  ".venv/bin/python -m edsr_jax.main --config=configs/edsr.py:x2,baseline --workdir=runs/x2": (
     "test_train_interrupt_and_resume"
   ),
   "--config.batch_size=64": "test_override_flags",
@@ -216,7 +216,7 @@ def test_make_demo(readme_copy, demo_run):
   assert "gain over bicubic" in demo_run.stdout
 
 
-TRAIN = ".venv/bin/python -m edsr_jax.main --config=configs/edsr_baseline_x2.py --workdir=runs/x2"
+TRAIN = ".venv/bin/python -m edsr_jax.main --config=configs/edsr.py:x2,baseline --workdir=runs/x2"
 SMALL_TRAIN = (
   "--config.num_train_steps=30",
   "--config.batch_size=2",
