@@ -253,6 +253,14 @@ def finalize(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.Co
   raise errors.ConfigError(f"unknown config argument {arg!r}: allowed 'runlocal' or none")
 
 
+# Preset files merged into variants of one file: their old names say where they went.
+RENAMED_PRESETS = {
+  **{f"edsr_x{s}.py": f"edsr.py:x{s}" for s in (2, 3, 4)},
+  **{f"edsr_baseline_x{s}.py": f"edsr.py:x{s},baseline" for s in (2, 3, 4)},
+  "mdsr_baseline.py": "mdsr.py:baseline",
+}
+
+
 def load_config_file(path: str | os.PathLike, arg: str | None = None):
   """`get_config(arg)` of a config file, as `--config=path[:arg]` would load it.
 
@@ -266,7 +274,11 @@ def load_config_file(path: str | os.PathLike, arg: str | None = None):
     path += ".py"
   where = path if arg is None else f"{path}:{arg}"
   if not os.path.exists(path):
-    raise errors.ConfigError(f"config file {path}: no such file")
+    renamed = RENAMED_PRESETS.get(os.path.basename(path))
+    if renamed and arg:
+      renamed += ("," if ":" in renamed else ":") + arg
+    now = f" (it is now configs/{renamed})" if renamed else ""
+    raise errors.ConfigError(f"config file {path}: no such file{now}")
   if os.path.isdir(path):
     raise errors.ConfigError(f"config file {path}: a folder, not a Python file")
   spec = importlib.util.spec_from_file_location("edsr_jax_config", path)

@@ -194,3 +194,16 @@ def test_cli_refuses_patch_larger_than_images(tmp_path):
   assert result.returncode != 0
   assert "config.patch_size=400 is larger than the smallest training image" in result.stderr
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+  "old, new",
+  [
+    ("edsr_x4.py", "configs/edsr.py:x4)"),
+    ("edsr_baseline_x2.py:runlocal", "configs/edsr.py:x2,baseline,runlocal)"),
+    ("mdsr_baseline.py", "configs/mdsr.py:baseline)"),
+  ],
+)
+def test_old_preset_names_say_where_they_went(old, new):
+  with pytest.raises(errors.ConfigError, match=re.escape(f"no such file (it is now {new}")):
+    config_lib.load_config_file(f"configs/{old}")
