@@ -615,7 +615,9 @@ echo "task $SLURM_PROCID of $SLURM_NTASKS"
 for a in "$@"; do printf '%s\\0' "$a"; done > "$FAKE_OUT/argv$SLURM_PROCID"
 echo $$ > "$FAKE_OUT/pid$SLURM_PROCID"
 [ -z "${FAKE_STATUS-}" ] || exit "$FAKE_STATUS"
-while :; do sleep 0.05; done
+i=0
+while [ $i -lt 1200 ]; do sleep 0.05; i=$((i + 1)); done  # a left-over one ends by itself
+exit 1
 """
 
 
@@ -752,6 +754,11 @@ def test_slurm_sigterm_to_the_job_waits_for_the_tasks_then_requeues(sandbox, fak
     stdout, stderr = submit.communicate(timeout=30)
   finally:
     submit.kill()
+    for pid in out.glob("pid*"):
+      try:
+        os.kill(int(pid.read_text()), signal.SIGKILL)
+      except ProcessLookupError:
+        pass
   assert submit.returncode == 0, stderr
   assert (log / "batch_status").read_text() == "75"
   assert (log / "scontrol").read_text() == f"requeue {env['FAKE_SLURM_JOB_ID']}\n"
