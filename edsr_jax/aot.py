@@ -867,6 +867,11 @@ def _define_flags():
   flags.mark_flags_as_required(["config"])
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """`edsr-aot` (a console script, pyproject.toml) = `python -m edsr_jax.aot`."""
   _define_flags()
   cli.run(main, config_lib.check_config_args)
+
+
+if __name__ == "__main__":
+  run()

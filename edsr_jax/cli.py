@@ -148,4 +148,11 @@ def run(
     except KeyboardInterrupt:
       _stop_interrupted()
 
+  tool = sys.modules[main.__module__]
+  if tool.__name__ != "__main__":
+    # A console script (`edsr-upscale`): absl's --help shows the docstring and the flags of
+    # the __main__ module, here the script pip wrote; point both at the tool's module.
+    sys.modules["__main__"].__doc__ = tool.__doc__
+    for flag in flags.FLAGS.get_flags_for_module(tool.__name__):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(main_reporting_user_errors, flags_parser=_parse_flags(check_args))

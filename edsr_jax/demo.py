@@ -18,9 +18,7 @@ from ml_collections import config_flags
 from edsr_jax import cli, config_lib, data, image_io, inference, metrics, train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "runs/demo", "Directory for checkpoints, logs and pictures.")
 DEFAULT_CONFIG = "configs/demo.py"
-config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Demo config file.", lock_config=True)
 
 
 def report(config, state, workdir: epath.Path) -> dict:
@@ -69,5 +67,16 @@ def main(argv):
     report(FLAGS.config, state, workdir)
 
 
-if __name__ == "__main__":
+def _define_flags() -> None:
+  flags.DEFINE_string("workdir", "runs/demo", "Directory for checkpoints, logs and pictures.")
+  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Demo config file.", lock_config=True)
+
+
+def run() -> None:
+  """`edsr-demo` (a console script, pyproject.toml) = `python -m edsr_jax.demo`."""
+  _define_flags()
   cli.run(main, functools.partial(config_lib.check_config_args, default=DEFAULT_CONFIG))
+
+
+if __name__ == "__main__":
+  run()

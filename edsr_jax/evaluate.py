@@ -192,7 +192,7 @@ def _from_tfds(name: str) -> bool:
   return name == DIV2K and bool(FLAGS.tfds_data_dir)
 
 
-def run() -> dict:
+def evaluate_from_flags() -> dict:
   if not FLAGS.datasets:
     raise errors.UserError("--datasets is empty")
   roots = {}
@@ -264,9 +264,14 @@ def run() -> dict:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  run()
+  evaluate_from_flags()
+
+
+def run() -> None:
+  """`edsr-evaluate` (a console script, pyproject.toml) = `python -m edsr_jax.evaluate`."""
+  _define_flags()
+  cli.run(main)
 
 
 if __name__ == "__main__":
-  _define_flags()
-  cli.run(main)
+  run()

@@ -90,6 +90,11 @@ def main(argv: list[str]) -> None:
   )
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """`edsr-export` (a console script, pyproject.toml) = `python -m edsr_jax.export`."""
   _define_flags()
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

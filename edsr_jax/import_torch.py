@@ -213,6 +213,11 @@ def main(argv: list[str]) -> None:
   )
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """`edsr-import-torch` (a console script, pyproject.toml) = `python -m edsr_jax.import_torch`."""
   _define_flags()
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -20,23 +20,6 @@ from ml_collections import config_flags
 from edsr_jax import cli, config_lib, train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs.")
-config_flags.DEFINE_config_file(
-  "config", None, "Path to a config file (configs/*.py).", lock_config=True
-)
-flags.DEFINE_string(
-  "coordinator_address", None, "HOST:PORT of process 0, for multi-process runs outside Cloud TPU."
-)
-flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
-flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
-flags.DEFINE_enum(
-  "cluster_detection",
-  None,
-  ["slurm"],
-  "Connect the processes of a job through JAX's detection of this cluster manager "
-  "(slurm: processes started by srun, one per GPU; see launch/slurm.sh).",
-)
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 # What JAX's Slurm detection reads (jax._src.clusters.slurm_cluster); srun sets them all.
@@ -100,5 +83,31 @@ def main(argv):
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
-if __name__ == "__main__":
+def _define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs.")
+  config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (configs/*.py).", lock_config=True
+  )
+  flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0, for multi-process runs outside Cloud TPU."
+  )
+  flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+  flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+  flags.DEFINE_enum(
+    "cluster_detection",
+    None,
+    ["slurm"],
+    "Connect the processes of a job through JAX's detection of this cluster manager "
+    "(slurm: processes started by srun, one per GPU; see launch/slurm.sh).",
+  )
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run() -> None:
+  """`edsr-train` (a console script, pyproject.toml) = `python -m edsr_jax.main`."""
+  _define_flags()
   cli.run(main, config_lib.check_config_args)
+
+
+if __name__ == "__main__":
+  run()

@@ -146,6 +146,11 @@ def main(argv: list[str]) -> None:
     print("note: some SR images equal their HR image exactly (infinite PSNR)")
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """`edsr-score` (a console script, pyproject.toml) = `python -m edsr_jax.score`."""
   _define_flags()
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -226,7 +226,12 @@ def main(argv: list[str]) -> None:
     )
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """`edsr-tfds-data` (a console script, pyproject.toml) = `python -m edsr_jax.tfds_data`."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   _define_flags()
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

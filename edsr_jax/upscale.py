@@ -138,6 +138,11 @@ def main(argv: list[str]) -> int:
   return 1 if problems else 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+  """`edsr-upscale` (a console script, pyproject.toml) = `python -m edsr_jax.upscale`."""
   _define_flags()
   cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

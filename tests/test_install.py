@@ -5,12 +5,18 @@ resolves them into `requirements.lock` / `requirements-test.lock`, which pin eve
 package, transitive ones included; `make` installs the lock with --no-deps.
 """
 
+import importlib
 import importlib.metadata
 import os
 import pathlib
 import re
 import subprocess
 import sys
+import tomllib
+
+import numpy as np
+from PIL import Image
+from skimage import data
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==(\S+)$")
@@ -110,3 +116,62 @@ def test_import_from_outside_the_checkout(tmp_path):
     timeout=120,
   )
   assert "--hr_dir" in help_text.stdout + help_text.stderr
+
+
+def _console_scripts() -> dict[str, str]:
+  return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def test_every_command_line_tool_has_a_console_script():
+  tools = {
+    p.stem
+    for p in (REPO / "edsr_jax").glob("*.py")
+    if 'if __name__ == "__main__":' in p.read_text()
+  }
+  scripts = _console_scripts()
+  assert {v for v in scripts.values()} == {f"edsr_jax.{t}:run" for t in tools}
+  for name in scripts:
+    assert name.startswith("edsr-") and "_" not in name
+    assert (pathlib.Path(sys.executable).parent / name).is_file(), (
+      f"{name} is not installed next to {sys.executable}: run `make` (pip install -e .)"
+    )
+
+
+def test_console_scripts_work_from_a_folder_outside_the_checkout(tmp_path):
+  """`edsr-upscale` with relative paths from another folder writes the same image as
+  `python -m edsr_jax.upscale`; every script answers --help."""
+  bin_dir = pathlib.Path(sys.executable).parent
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  photo = data.astronaut()[::8, ::8]  # 64 x 64, a real photo
+  Image.fromarray(photo).save(tmp_path / "photo.png")
+  args = [f"--checkpoint={REPO}/pretrained/edsr_291_x2", "--output_dir=out", "photo.png"]
+  helps = {
+    name: subprocess.Popen(
+      [str(bin_dir / name), "--help"],
+      cwd=tmp_path,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for name in _console_scripts()
+  }
+  script = subprocess.run(
+    [str(bin_dir / "edsr-upscale"), *args], cwd=tmp_path, env=env, capture_output=True, text=True
+  )
+  assert script.returncode == 0, script.stderr[-2000:]
+  (tmp_path / "out").rename(tmp_path / "by_script")
+  module = subprocess.run(
+    [sys.executable, "-m", "edsr_jax.upscale", *args], cwd=tmp_path, env=env, capture_output=True
+  )
+  assert module.returncode == 0
+  ours = np.asarray(Image.open(tmp_path / "by_script" / "photo_x2_SR.png"))
+  assert ours.shape == (128, 128, 3)
+  assert np.array_equal(ours, np.asarray(Image.open(tmp_path / "out" / "photo_x2_SR.png")))
+  for name, proc in helps.items():
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in out, f"{name} --help: {out[-2000:]}"
+    # The tool's own usage text and its flags, as `python -m` shows them.
+    module = importlib.import_module(_console_scripts()[name].split(":")[0])
+    assert out.startswith(module.__doc__.split("\n")[0]), f"{name} --help: {out[:300]}"
+    assert f"{bin_dir / name}:\n  --" in out, f"{name} --help does not list its flags"
