@@ -414,8 +414,7 @@ def state_breakdown(config) -> dict[str, int]:
   model, tx = train.make_model_and_optimizer(config, target_dtype(config))
   state = train.train_state_shapes(config, model, tx, train.make_mesh(jax.devices()[:1]))
   out = {"params": _tree_bytes(state.params), "adam": _tree_bytes(state.opt_state)}
-  ema = getattr(state, "ema_params", None)
-  out["ema"] = _tree_bytes(ema) if ema is not None else 0
+  out["ema"] = _tree_bytes(state.ema_params) if state.has_ema else 0
   out["step_and_counters"] = _tree_bytes((state.step, state.nonfinite_streak))
   out["leaves"] = len(jax.tree.leaves(state))
   return out

@@ -9,12 +9,12 @@ weights. Every failure to read or write one is a `CheckpointError` naming its pa
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import json
 import os
 import re
-import secrets
-import shutil
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,7 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from edsr_jax import errors, models
+from edsr_jax import config_lib, errors, models
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -193,18 +193,13 @@ def check_same_model(saved_config, config, where: str) -> None:
     )
 
 
-def has_ema(config) -> bool:
-  """Whether the checkpoints of a run with `config` hold `ema_params` (ema_decay > 0)."""
-  return float(config.get("ema_decay", 0.0) or 0.0) > 0
-
-
 def resume(manager: ocp.CheckpointManager, state, config):
   """`state` restored from the latest checkpoint, which must hold `config`'s network.
 
   A checkpoint that cannot be read is an error naming it; it is kept, so that it can be
-  moved aside to resume from the one before. An EMA of the parameters (config.ema_decay)
-  is restored with the state; one that config.ema_decay switches on starts at the
-  restored parameters, one it switches off is dropped.
+  moved aside to resume from the one before. An EMA of the parameters is restored with
+  the state; one that config.ema_decay switches on starts at the restored parameters,
+  one it switches off is dropped.
   """
   latest = manager.directory / str(manager.latest_step())
   try:
@@ -212,22 +207,23 @@ def resume(manager: ocp.CheckpointManager, state, config):
   except Exception as e:  # orbax / tensorstore errors: name the checkpoint, keep it
     raise _unreadable(latest, manager.directory, e) from e
   check_same_model(saved_config, config, str(manager.directory.parent))
-  ema, saved_ema = getattr(state, "ema_params", None) is not None, has_ema(saved_config)
-  # Restored as the checkpoint holds it: with or without an EMA (train.EMATrainState).
-  target = state if saved_ema == ema else state.with_ema(0.5 if saved_ema else 0.0)
+  # The restore target has the checkpoint's structure: with an EMA if the run kept one.
+  target = state.with_ema(config_lib.ema_decay(saved_config))
   try:
     restored = restore_state(manager, target)
   except Exception as e:
     raise _unreadable(latest, manager.directory, e) from e
-  if saved_ema != ema:  # config.ema_decay switched on or off since that checkpoint
+  if restored.has_ema != state.has_ema:  # config.ema_decay switched on or off since then
     logging.warning(
       "config.ema_decay=%s: %s",
       config.ema_decay,
       "the EMA of the parameters in the checkpoint is dropped"
-      if saved_ema
+      if restored.has_ema
       else "the EMA of the parameters starts here, from the resumed parameters",
     )
-    restored = restored.with_ema(config.ema_decay)
+    return restored.with_ema(config.ema_decay)
+  if restored.has_ema:  # the same average, updated with this run's decay from now on
+    restored = restored.replace(ema_decay=float(config.ema_decay))
   return restored
 
 
@@ -368,23 +364,22 @@ def _restore_params(step_dir: epath.Path, model, scale: int, item: str = "params
   return params
 
 
-def params_item(config, use_ema: bool | None, step_dir) -> str:
-  """Which parameters `load_params` reads: 'ema_params' or 'params'.
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """What `load_params` restored, and from where."""
 
-  use_ema None: the EMA if the checkpoint has one (trained with config.ema_decay > 0).
-  """
-  if use_ema is None:
-    use_ema = has_ema(config)
-  if use_ema and not has_ema(config):
-    raise errors.CheckpointError(
-      f"{step_dir}: no EMA of the parameters in this checkpoint (trained with "
-      "config.ema_decay=0); load its parameters instead (use_ema=False or None)"
-    )
-  return "ema_params" if use_ema else "params"
+  config: ml_collections.ConfigDict  # the run's config, as saved with the checkpoint
+  params: Any
+  step_dir: epath.Path
+  ema: bool  # `params` is the EMA of the trained parameters
+
+  @property
+  def step(self) -> int:
+    return int(self.step_dir.name)
 
 
-def load_params(path: str | os.PathLike, use_ema: bool | None = None):
-  """(config, params, step directory) of the checkpoint that `path` names.
+def load_params(path: str | os.PathLike, use_ema: bool | None = None) -> Restored:
+  """The parameters of the checkpoint that `path` names, with its config.
 
   Args:
     path: a training workdir (its latest finished checkpoint is used), its
@@ -408,10 +403,16 @@ def load_params(path: str | os.PathLike, use_ema: bool | None = None):
       f"{step_dir}/config: the saved model config is not usable "
       f"({errors.one_line(e, innermost=True)}): model = {saved}"
     ) from None
-  item = params_item(config, use_ema, step_dir)
-  ema = item == "ema_params"
+  saved_ema = config_lib.has_ema(config)
+  ema = saved_ema if use_ema is None else use_ema
+  if ema and not saved_ema:
+    raise errors.CheckpointError(
+      f"{step_dir}: no EMA of the parameters in this checkpoint (trained with "
+      "config.ema_decay=0); load its parameters instead"
+    )
   logging.info("%s: restoring the %s", step_dir, "EMA of the parameters" if ema else "parameters")
-  return config, _restore_params(step_dir, model, scale, item), step_dir
+  params = _restore_params(step_dir, model, scale, "ema_params" if ema else "params")
+  return Restored(config, params, step_dir, ema)
 
 
 def transfer_params(source, target, where: str):
@@ -447,11 +448,11 @@ def transfer_params(source, target, where: str):
 
 def init_from(state, path: str, tx, mesh):
   """`state` with another run's parameters (all but the upsampler) and fresh Adam state."""
-  _, source, _ = load_params(path)
+  source = load_params(path).params
   params = transfer_params(jax.device_get(source), jax.device_get(state.params), path)
   params = jax.device_put(params, NamedSharding(mesh, P()))
   state = state.replace(params=params, opt_state=tx.init(params))
-  return state.with_ema(getattr(state, "ema_decay", 0.0))  # any EMA starts at them too
+  return state.with_ema(state.ema_decay if state.has_ema else 0.0)  # an EMA starts at them too
 
 
 EXPORT_RECORD = "export.json"  # written by `export` beside checkpoints/: where they came from
@@ -464,70 +465,3 @@ def export_record(step_dir: str | os.PathLike) -> dict | None:
   except (OSError, ValueError):
     return None
   return record if isinstance(record, dict) else None
-
-
-def existing_steps(output: str) -> list[str]:
-  """Names in `<output>/checkpoints`, sorted (empty when there is no such folder)."""
-  ckpt_dir = checkpoint_dir(output)
-  return sorted(p.name for p in ckpt_dir.iterdir()) if ckpt_dir.is_dir() else []
-
-
-def check_fresh_output(output: str, overwrite: bool) -> list[str]:
-  """The checkpoints already in `--output` (import_torch, export), refused unless
-  `overwrite`; an `output` that is a file is refused too."""
-  if os.path.exists(output) and not os.path.isdir(output):
-    raise errors.UserError(f"--output={output} exists and is not a folder")
-  existing = existing_steps(output)
-  if existing and not overwrite:
-    raise errors.CheckpointError(
-      f"{checkpoint_dir(output)} already holds checkpoint(s) {existing}; "
-      "refusing to overwrite them (use another --output, or --overwrite to replace them)"
-    )
-  return existing
-
-
-def write_fresh_workdir(output: str, train_state, config, *, replace: bool) -> None:
-  """Writes `train_state` as `<output>/checkpoints/0` (import_torch, export), via a temporary
-  folder beside `output`.
-
-  The checkpoint is saved into `.<name>.write-tmp-*` in `output`'s parent and renamed
-  into place once complete; on any failure (a full or read-only disk, Ctrl-C) the
-  temporary folder is removed, so nothing is left that would block the same command
-  once the problem is fixed. `replace`: swap out `<output>/checkpoints` (--overwrite).
-  """
-  target = os.path.abspath(output)
-  parent, name = os.path.split(target)
-  try:
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}.write-tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    os.mkdir(tmp)
-  except OSError as e:
-    raise errors.CheckpointError(
-      f"cannot write --output={output}: {e.strerror or errors.one_line(e)} ({e.filename})"
-    ) from None
-  try:
-    manager = make_manager(tmp)
-    try:
-      save(manager, 0, train_state, config)
-    finally:
-      manager.close()
-    if not os.path.exists(target):
-      os.rename(tmp, target)
-      return
-    if replace:  # --overwrite: training resumes from the latest step, so clear them all
-      shutil.rmtree(checkpoint_dir(target))
-    os.rename(checkpoint_dir(tmp), checkpoint_dir(target))
-  except errors.CheckpointError as e:
-    cause = e.__cause__ or e
-    reason = os_error(cause)
-    detail = errors.one_line(cause, innermost=True)
-    raise errors.CheckpointError(
-      f"cannot write --output={output}: {f'{reason} ({detail})' if reason else detail}; "
-      "nothing was written there"
-    ) from e
-  except OSError as e:
-    raise errors.CheckpointError(
-      f"cannot write --output={output}: {e.strerror or errors.one_line(e)} ({e.filename})"
-    ) from e
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)

@@ -87,6 +87,16 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def ema_decay(config) -> float:
+  """The decay of the EMA of the parameters that a run with `config` keeps (0: none)."""
+  return float(config.get("ema_decay", 0.0) or 0.0)
+
+
+def has_ema(config) -> bool:
+  """Whether a run with `config` keeps an EMA of the parameters (and saves it)."""
+  return ema_decay(config) > 0
+
+
 def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
   """{'model.scale': 2, ...}: every leaf under its dotted name."""
   out = {}

@@ -24,8 +24,7 @@ DEFAULT_CONFIG = "configs/demo.py"
 def report(config, state, workdir: epath.Path) -> dict:
   """Scores the trained model on the held-out images; writes comparison.png and JSON."""
   scale = config.model.scale
-  ema = isinstance(state, train.EMATrainState)  # config.ema_decay > 0: score the EMA
-  upscaler = inference.Upscaler(config, train.eval_params(state), ema=ema)
+  upscaler = inference.Upscaler(config, train.eval_params(state), ema=state.has_ema)
   val_images = data.load_val_images(config, (scale,))
   strips = []
 
@@ -38,7 +37,7 @@ def report(config, state, workdir: epath.Path) -> dict:
   rows = per_image + [{"name": "mean", **means}]
   width = max(len(row["name"]) for row in rows)
   print(f"\nHeld-out images, x{scale}, Y-PSNR (border {scale}) / SSIM:")
-  if ema:
+  if state.has_ema:
     print(f"(the model's EMA parameters, config.ema_decay={config.ema_decay})")
   print(f"{'image':<{width}} {'bicubic':>17} {'EDSR (this run)':>17}")
   for row in rows:

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from edsr_jax import checkpoint, cli, config_lib, errors, models, torch_weights, train
+from edsr_jax import checkpoint, cli, config_lib, errors, export, models, torch_weights, train
 
 FLAGS = flags.FLAGS
 
@@ -118,7 +118,7 @@ def convert(
   """Reads, checks and writes; returns {"arch", "res_scale", "res_scale_source",
   "num_params", "checkpoint_dir"}. Nothing is written unless every check passes."""
   output = os.fspath(output)
-  existing = checkpoint.check_fresh_output(output, overwrite)
+  existing = export.check_fresh_output(output, overwrite)
   if scale is not None:
     _check_scale_flag("scale", scale)
   for s in scales or ():
@@ -159,7 +159,7 @@ def convert(
   train_state = train.state_from_params(params, config)
 
   ckpt_dir = checkpoint.checkpoint_dir(output)
-  checkpoint.write_fresh_workdir(output, train_state, config, replace=bool(existing))
+  export.write_workdir(output, train_state, config, replace=bool(existing))
   return {
     "arch": arch,
     "res_scale": float(res_scale),
@@ -187,17 +187,20 @@ def main(argv: list[str]) -> None:
     scales = None if FLAGS.scales is None else tuple(int(s) for s in FLAGS.scales)
   except ValueError:
     raise errors.UserError(f"--scales={','.join(FLAGS.scales)} is not a list of integers") from None
-  summary = convert(
-    FLAGS.input,
-    FLAGS.output,
-    model=FLAGS.model,
-    scale=FLAGS.scale,
-    scales=scales,
-    num_blocks=FLAGS.num_blocks,
-    num_features=FLAGS.num_features,
-    res_scale=FLAGS.res_scale,
-    overwrite=FLAGS.overwrite,
-  )
+  try:
+    summary = convert(
+      FLAGS.input,
+      FLAGS.output,
+      model=FLAGS.model,
+      scale=FLAGS.scale,
+      scales=scales,
+      num_blocks=FLAGS.num_blocks,
+      num_features=FLAGS.num_features,
+      res_scale=FLAGS.res_scale,
+      overwrite=FLAGS.overwrite,
+    )
+  except export.OutputError as e:
+    raise e.for_flag() from None
   arch = summary["arch"]
   print(f"read {FLAGS.input}: {arch.describe()}")
   print(

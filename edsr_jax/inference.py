@@ -314,6 +314,7 @@ def load(path: str | os.PathLike, dtype=None, use_ema: bool | None = None) -> Up
     CheckpointError: (a ValueError) naming the path: missing, no finished checkpoint,
       or unreadable / corrupt files.
   """
-  config, params, step_dir = checkpoint.load_params(path, use_ema)
-  ema = checkpoint.params_item(config, use_ema, step_dir) == "ema_params"
-  return Upscaler(config, params, dtype=dtype, source=str(step_dir), ema=ema)
+  restored = checkpoint.load_params(path, use_ema)
+  return Upscaler(
+    restored.config, restored.params, dtype=dtype, source=str(restored.step_dir), ema=restored.ema
+  )

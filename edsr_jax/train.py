@@ -10,7 +10,7 @@ import contextlib
 import functools
 import signal
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 import flax
 import jax
@@ -46,13 +46,22 @@ class TrainState:
   opt_state: Any
   # Consecutive steps skipped for a non-finite loss or gradient (0 after a good step).
   nonfinite_streak: jax.Array
+  # Whether the state carries an EMA of the parameters: an EMATrainState.
+  has_ema: ClassVar[bool] = False
 
   def with_ema(self, decay: float) -> "TrainState":
     """This state with a new EMA of the parameters, starting at them; decay 0: no EMA."""
-    fields = (self.step, self.params, self.opt_state, self.nonfinite_streak)
+    fields = dict(
+      step=self.step,
+      params=self.params,
+      opt_state=self.opt_state,
+      nonfinite_streak=self.nonfinite_streak,
+    )
     if not decay:
-      return TrainState(*fields)
-    return EMATrainState(*fields, jax.tree.map(jnp.copy, self.params), float(decay))
+      return TrainState(**fields)
+    return EMATrainState(
+      **fields, ema_params=jax.tree.map(jnp.copy, self.params), ema_decay=float(decay)
+    )
 
 
 @flax.struct.dataclass
@@ -62,17 +71,18 @@ class EMATrainState(TrainState):
   With config.ema_decay > 0 (as BasicSR's `ema_decay`), after each finite step
   `ema = decay * ema + (1 - decay) * params` for the parameters that step updated.
   Validation, the demo's report and every tool that loads a checkpoint use the EMA. With
-  ema_decay = 0 a run's state is a plain TrainState: its checkpoints and its compiled
-  train step are exactly those of a run before EMA existed.
+  ema_decay = 0 a run's state is a plain TrainState: no average in its checkpoints and
+  none computed by its train step.
   """
 
   ema_params: Any = None  # float32, replicated like params
   ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
+  has_ema: ClassVar[bool] = True
 
 
 def eval_params(state: TrainState):
   """The parameters to validate and serve: the EMA when the state has one."""
-  return state.ema_params if isinstance(state, EMATrainState) else state.params
+  return state.ema_params if state.has_ema else state.params
 
 
 def update_ema(ema, params, decay: float, active):
@@ -234,7 +244,7 @@ def _write_validation(writer, step, upscaler, val_images, scales, config):
       "step %d validation x%d%s: PSNR %.3f dB SSIM %.4f (bicubic %.3f dB / %.4f)",
       step,
       s,
-      " (EMA parameters)" if config.ema_decay else "",
+      " (EMA parameters)" if config_lib.has_ema(config) else "",
       means["psnr"],
       means["ssim"],
       means["bicubic_psnr"],

@@ -43,7 +43,7 @@ def ema_run(tmp_path_factory):
 
 
 def _params(path, use_ema=None):
-  return jax.device_get(checkpoint.load_params(path, use_ema)[1])
+  return jax.device_get(checkpoint.load_params(path, use_ema).params)
 
 
 def _assert_same(a, b):
@@ -66,7 +66,7 @@ def test_export_writes_the_ema_as_a_small_fresh_workdir(ema_run, tmp_path, share
   _assert_same(_params(shipped), ema)
   upscaler = inference.load(shipped)
   assert not upscaler.ema and upscaler.config.ema_decay == 0
-  assert upscaler.config.model.to_dict() == checkpoint.load_params(ema_run)[0].model.to_dict()
+  assert upscaler.config.model.to_dict() == checkpoint.load_params(ema_run).config.model.to_dict()
   size = sum(p.stat().st_size for p in shipped.rglob("*") if p.is_file())
   assert size < 10 * 2**20
   scored = _cli(
@@ -101,8 +101,26 @@ def test_export_refuses_what_it_cannot_read_or_write(ema_run, tmp_path):
   (tmp_path / "a_file").write_text("not a folder")
   onto_file = _cli(tmp_path, f"--checkpoint={ema_run}", "--output=a_file", module="edsr_jax.export")
   assert onto_file.returncode == 1
-  assert "--output=a_file exists and is not a folder" in onto_file.stderr
+  assert "--output=a_file: exists and is not a folder" in onto_file.stderr
   assert not (tmp_path / "out").exists()
+
+
+def test_export_never_writes_into_the_run_it_exports(ema_run, tmp_path):
+  """An output that is the source run, inside it or around it is refused, --overwrite or
+  not: the run's checkpoints stay byte for byte."""
+  before = {p: p.read_bytes() for p in ema_run.rglob("*") if p.is_file()}
+  for output in (ema_run, ema_run / "checkpoints", ema_run / "exported", ema_run.parent):
+    for extra in ([], ["--overwrite"]):
+      result = _cli(
+        tmp_path, f"--checkpoint={ema_run}", f"--output={output}", *extra,
+        module="edsr_jax.export",
+      )  # fmt: skip
+      assert result.returncode == 1, result.stderr
+      last = result.stderr.strip().splitlines()[-1]
+      assert last.startswith(f"error: --output={output}: the run being exported"), last
+      assert "Traceback" not in result.stderr
+  assert {p: p.read_bytes() for p in ema_run.rglob("*") if p.is_file()} == before
+  assert not (ema_run / "exported").exists()
 
 
 def test_evaluate_scores_the_ema_unless_told_not_to(ema_run, tmp_path, shared_data):
