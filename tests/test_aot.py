@@ -372,17 +372,18 @@ def test_ctrl_c_stops_a_compile_at_once(tmp_path):
   assert "Traceback" not in stderr
 
 
-def test_readme_tpu_table_is_the_tools_output():
-  """The README's table is benchmarks/tpu_table.py's rendering of docs/tpu_table.json,
-  whose rows are compiles that fit (each row a real `aot.check` report's summary)."""
+def test_docs_tpu_table_is_the_tools_output():
+  """The table of docs/launch.md ("What to expect on TPU") is benchmarks/tpu_table.py's
+  rendering of docs/tpu_table.json, whose rows are compiles that fit (each row a real
+  `aot.check` report's summary)."""
   sys.path.insert(0, str(REPO / "benchmarks"))
   try:
     import tpu_table
   finally:
     sys.path.pop(0)
   table = tpu_table.markdown(str(REPO / "docs" / "tpu_table.json"))
-  readme = (REPO / "README.md").read_text()
-  block = re.search(r"<!-- tpu-table:.*?-->\n(.*?)\n<!-- /tpu-table -->", readme, re.S)[1]
+  page = (REPO / "docs" / "launch.md").read_text()
+  block = re.search(r"<!-- tpu-table:.*?-->\n(.*?)\n<!-- /tpu-table -->", page, re.S)[1]
   assert block == table
   rows = json.loads((REPO / "docs" / "tpu_table.json").read_text())
   presets = {k.split(" | ")[0] for k in rows}

@@ -1,17 +1,19 @@
-"""The README's commands, run as written from the root of a fresh copy of the checkout.
+"""The documented commands, run as written from the root of a fresh copy of the checkout.
 
-Every command in the README's `sh` and `python` blocks is read out of README.md and must
-be claimed by exactly one entry of `COMMANDS` below, so a command added to or changed in
-the README without a test fails here. Each test runs its command's README text with the
-relative paths it has, in a real subprocess, from the root of a copy of this checkout
-(tracked and untracked-not-ignored files; `.venv` linked to this one's), so the runs
-never touch the developer's own `runs/`.
+The documents are README.md and every page under docs/ (`documents()`). Every command in
+their `sh` and `python` blocks is read out of them and must be claimed by exactly one
+entry of `COMMANDS` below, so a command added to or changed in a document without a test
+fails here. Each test runs its command's text, as written in the document that holds it,
+with the relative paths it has, in a real subprocess, from the root of a copy of this
+checkout (tracked and untracked-not-ignored files; `.venv` linked to this one's), so the
+runs never touch the developer's own `runs/`. Every relative link in the documents must
+lead to a file, and a heading, that exist.
 
 What a test may change, and nothing else:
 - step counts, image counts and batch sizes, through flags or `make ... DEMO_ARGS=`,
-  appended after the README's own text;
-- placeholders for data a user brings: `/data/DIV2K` becomes a small DIV2K-layout folder
-  made of Set5 images, `/data/benchmark` a folder of the real benchmark sets,
+  appended after the document's own text;
+- placeholders for data a user brings (in any document): `/data/DIV2K` becomes a small
+  DIV2K-layout folder made of Set5 images, `/data/benchmark` a folder of the real benchmark sets,
   `/data/T91` and `/data/BSD200` the real training sets,
   `photo.png` a real photo, `edsr_baseline_x2-1bc95232.pt` a state_dict of the official
   architecture written by `torch.save` (random weights);
@@ -34,9 +36,19 @@ from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+# The pages the README links to; each stands on its own, and their commands are tested too.
+DOCS = REPO / "docs"
+# Where the launch/ walkthrough (Cloud TPU, GPU host, Slurm) is.
+LAUNCH_DOC = DOCS / "launch.md"
 TIMEOUT = 300
 
-# Placeholder in the README -> path relative to the copy's root, made by `readme_copy`.
+
+def documents() -> list[pathlib.Path]:
+  """README.md, then every page under docs/."""
+  return [README, *sorted(DOCS.glob("*.md"))]
+
+
+# Placeholder in a document -> path relative to the copy's root, made by `readme_copy`.
 PLACEHOLDERS = {
   "/data/DIV2K": "data/DIV2K",
   "/data/benchmark": "data/benchmark",
@@ -45,10 +57,10 @@ PLACEHOLDERS = {
 }
 
 
-def readme_commands() -> list[str]:
-  """Each command of the README's sh blocks (continuations joined, comments dropped) and
+def document_commands(path: pathlib.Path) -> list[str]:
+  """Each command of a document's sh blocks (continuations joined, comments dropped) and
   each python block whole."""
-  text = README.read_text()
+  text = path.read_text()
   commands = []
   for lang, body in re.findall(r"^```(\w+)\n(.*?)^```", text, re.S | re.M):
     if lang == "python":
@@ -62,7 +74,18 @@ def readme_commands() -> list[str]:
   return commands
 
 
-# Every README command: the start of its text -> what runs it (a test below), or why
+def doc_commands() -> list[str]:
+  """The commands of every document, README.md's first."""
+  return [c for path in documents() for c in document_commands(path)]
+
+
+def holder(command: str) -> str:
+  """The document that holds `command` (for messages)."""
+  paths = [p for p in documents() if command in document_commands(p)]
+  return ", ".join(str(p.relative_to(REPO)) for p in paths)
+
+
+# Every documented command: the start of its text -> what runs it (a test below), or why
 # nothing here can (said plainly, and the test that covers the same code path).
 COMMANDS = {
   "make demo": "test_make_demo",
@@ -100,24 +123,55 @@ COMMANDS = {
 
 def claim(command: str) -> str:
   matches = [key for key in COMMANDS if command.startswith(key)]
-  assert len(matches) == 1, f"README command {command!r} is claimed by {matches or 'nothing'}"
+  assert len(matches) == 1, (
+    f"command {command!r} of {holder(command)} is claimed by {matches or 'nothing'}"
+  )
   return matches[0]
 
 
-def test_every_readme_command_is_claimed():
-  commands = readme_commands()
+def test_every_documented_command_is_claimed():
+  commands = doc_commands()
   assert len(commands) >= 15, commands
   claimed = {claim(c) for c in commands}
   unused = set(COMMANDS) - claimed
-  assert not unused, f"COMMANDS lists what the README no longer has: {unused}"
+  assert not unused, f"COMMANDS lists what no document has any longer: {unused}"
   tests = {v for v in COMMANDS.values() if v.startswith("test_")}
   missing = [t for t in tests if t not in globals()]
   assert not missing, missing
 
 
-def readme_command(start: str) -> str:
-  """The README's one command starting with `start`, placeholders replaced."""
-  (command,) = [c for c in readme_commands() if c.startswith(start)]
+def _anchor(heading: str) -> str:
+  """GitHub's anchor of a heading: lower case, punctuation but `-` and `_` dropped."""
+  return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _prose(path: pathlib.Path) -> str:
+  """A document without its code blocks (whose `# ...` lines are comments, not headings)."""
+  return re.sub(r"^```.*?^```", "", path.read_text(), flags=re.S | re.M)
+
+
+def test_every_page_is_linked_and_every_link_leads_somewhere():
+  """The README links every docs/ page; every relative link of every document (and of
+  launch/README.md) names a file that exists and, after `#`, one of its headings."""
+  readme = README.read_text()
+  for page in documents()[1:]:
+    assert f"](docs/{page.name})" in readme, f"README.md does not link docs/{page.name}"
+  for path in [*documents(), REPO / "launch" / "README.md"]:
+    for target in re.findall(r"\]\(([^)\s]+)\)", _prose(path)):
+      if re.match(r"[a-z]+:", target):
+        continue
+      file, _, anchor = target.partition("#")
+      linked = (path.parent / file).resolve() if file else path
+      assert linked.exists(), f"{path.relative_to(REPO)}: {target} does not exist"
+      if anchor:
+        headings = re.findall(r"^#+ (.*)$", _prose(linked), re.M)
+        assert anchor in {_anchor(h) for h in headings}, f"{path.relative_to(REPO)}: {target}"
+
+
+def doc_command(start: str) -> str:
+  """The one documented command starting with `start`, as written in the document that
+  holds it, placeholders replaced."""
+  (command,) = [c for c in doc_commands() if c.startswith(start)]
   for placeholder, path in PLACEHOLDERS.items():
     command = command.replace(placeholder, path)
   return command
@@ -153,7 +207,7 @@ def _div2k_layout(root: pathlib.Path, benchmark: pathlib.Path) -> None:
 
 @pytest.fixture(scope="module")
 def readme_copy(tmp_path_factory, shared_data):
-  """A copy of the checkout with the README's placeholders made real."""
+  """A copy of the checkout with the documents' placeholders made real."""
   venv = REPO / ".venv"
   if not (venv / "bin" / "python").exists():
     pytest.skip("no .venv: run `make test`")
@@ -178,7 +232,7 @@ def readme_copy(tmp_path_factory, shared_data):
 
 
 def run(root, command: str, *extra: str, timeout=TIMEOUT, check=True):
-  """Runs a README command line (shell syntax, as a user types it) with `extra` appended."""
+  """Runs a documented command line (shell syntax, as a user types it) with `extra` appended."""
   line = command + "".join(" " + shlex.quote(e) for e in extra)
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MAKEFLAGS", "MFLAGS")}
   result = subprocess.run(
@@ -199,7 +253,7 @@ def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
 @pytest.fixture(scope="module")
 def demo_run(readme_copy):
   """`make demo` as the README has it, with fewer steps."""
-  make = readme_command("make demo")
+  make = doc_command("make demo")
   args = (
     "--config.num_train_steps=20 --config.checkpoint_every_steps=10 --config.eval_every_steps=20"
   )
@@ -227,9 +281,9 @@ SMALL_TRAIN = (
 
 @pytest.fixture(scope="module")
 def x2_run(readme_copy):
-  """The README's training command: started, interrupted after its first checkpoint, and
-  started again with the same command, which resumes and finishes."""
-  command = readme_command(TRAIN)
+  """The documented training command (docs/training.md): started, interrupted after its
+  first checkpoint, and started again with the same command, which resumes and finishes."""
+  command = doc_command(TRAIN)
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   line = command + " " + " ".join(SMALL_TRAIN)
   workdir = readme_copy / "runs" / "x2"
@@ -247,7 +301,7 @@ def x2_run(readme_copy):
   first.send_signal(signal.SIGTERM)  # what a scheduler or `kill` sends
   _, first_err = first.communicate(timeout=TIMEOUT)
   assert "Traceback" not in first_err, first_err
-  assert first.returncode == 75, first_err  # saved, not finished: see "When something goes wrong"
+  assert first.returncode == 75, first_err  # saved, not finished: docs/troubleshooting.md
   interrupted_at = max(checkpoint_steps(workdir))
   assert interrupted_at < 30, "the first run was not interrupted"
   second = run(readme_copy, command, *SMALL_TRAIN)
@@ -263,8 +317,8 @@ def test_train_interrupt_and_resume(readme_copy, x2_run):
 
 
 def test_override_flags(readme_copy):
-  """The README's example overrides parse and pass validation on the command line."""
-  (flags,) = [c for c in readme_commands() if c.startswith("--config.batch_size=64")]
+  """The documented example overrides parse and pass validation on the command line."""
+  (flags,) = [c for c in doc_commands() if c.startswith("--config.batch_size=64")]
   script = (
     "import sys\n"
     "from absl import flags\n"
@@ -277,13 +331,13 @@ def test_override_flags(readme_copy):
     "print(c.value.batch_size, c.value.model.num_blocks, c.value.model.dtype)\n"
   )
   # With the training command's config and data flags, which the overrides go after.
-  train = readme_command(TRAIN).split(" ", 3)[-1]
+  train = doc_command(TRAIN).split(" ", 3)[-1]
   result = run(readme_copy, f".venv/bin/python -c {shlex.quote(script)} {train} {flags}")
   assert result.stdout.split() == ["64", "8", "bfloat16"]
 
 
 def _python_snippet(start: str) -> str:
-  (snippet,) = [c for c in readme_commands() if c.startswith(start)]
+  (snippet,) = [c for c in doc_commands() if c.startswith(start)]
   return snippet
 
 
@@ -310,7 +364,7 @@ def test_inference_snippet(readme_copy, demo_run):
 
 
 def test_upscale(readme_copy, x2_run):
-  run(readme_copy, readme_command(".venv/bin/python -m edsr_jax.upscale"))
+  run(readme_copy, doc_command(".venv/bin/python -m edsr_jax.upscale"))
   from PIL import Image
 
   with Image.open(readme_copy / "out" / "photo_x2_SR.png") as image:
@@ -320,7 +374,7 @@ def test_upscale(readme_copy, x2_run):
 def test_evaluate_then_score(readme_copy, x2_run):
   result = run(
     readme_copy,
-    readme_command(".venv/bin/python -m edsr_jax.evaluate --checkpoint=runs/x2"),
+    doc_command(".venv/bin/python -m edsr_jax.evaluate --checkpoint=runs/x2"),
     "--max_images=1",
   )
   scores = json.loads((readme_copy / "runs/x2/scores.json").read_text())
@@ -330,7 +384,7 @@ def test_evaluate_then_score(readme_copy, x2_run):
   # Score re-reads the saved image from disk: the same PSNR as evaluate's own.
   score = run(
     readme_copy,
-    readme_command(".venv/bin/python -m edsr_jax.score"),
+    doc_command(".venv/bin/python -m edsr_jax.score"),
     "--output_json=runs/x2/score.json",
     check=False,
   )
@@ -339,7 +393,7 @@ def test_evaluate_then_score(readme_copy, x2_run):
   only_baby = readme_copy / "hr_baby"
   only_baby.mkdir()
   shutil.copy(readme_copy / "data/benchmark/Set5/HR/baby.png", only_baby)
-  command = readme_command(".venv/bin/python -m edsr_jax.score").replace(
+  command = doc_command(".venv/bin/python -m edsr_jax.score").replace(
     "data/benchmark/Set5/HR", "hr_baby"
   )
   run(readme_copy, command, "--output_json=runs/x2/score.json")
@@ -351,7 +405,7 @@ def test_import_torch(readme_copy):
   torch = pytest.importorskip("torch")
   import torch_reference as ref
 
-  command = readme_command(".venv/bin/python -m edsr_jax.import_torch")
+  command = doc_command(".venv/bin/python -m edsr_jax.import_torch")
   pt = re.search(r"--input=(\S+)", command)[1]
   model = ref.randomize_(ref.EDSR(scale=2), seed=0)
   torch.save(model.state_dict(), readme_copy / pt)
@@ -376,9 +430,9 @@ def test_import_torch(readme_copy):
 
 
 def test_launch_blocks_dry_run(readme_copy):
-  """The README's launch/ blocks, in order in one shell (as a user pastes them, so $TPU
-  carries over), each launch/ subcommand with --dry-run."""
-  text = README.read_text()
+  """The launch/ blocks of docs/launch.md, in order in one shell (as a user pastes them, so
+  $TPU carries over), each launch/ subcommand with --dry-run."""
+  text = LAUNCH_DOC.read_text()
   blocks = [b for b in re.findall(r"^```sh\n(.*?)^```", text, re.S | re.M) if "launch/" in b]
   lines = []
   for line in re.sub(r"\\\n\s*", "", "".join(blocks)).splitlines():
@@ -392,7 +446,7 @@ def test_launch_blocks_dry_run(readme_copy):
 
 
 def test_make_upscale(readme_copy):
-  run(readme_copy, readme_command("make upscale"))
+  run(readme_copy, doc_command("make upscale"))
   from PIL import Image
 
   with Image.open(readme_copy / "out" / "photo_x2_SR.png") as image:
@@ -418,7 +472,7 @@ def _rescore(readme_copy, tmp_name, *extra):
   """Runs the README's evaluate commands on the shipped weights: {(set, scale): scores}."""
   commands = [
     c
-    for c in readme_commands()
+    for c in doc_commands()
     if c.startswith(".venv/bin/python -m edsr_jax.evaluate --checkpoint=pretrained/")
   ]
   assert len(commands) == 3
@@ -479,9 +533,9 @@ SMALL_291 = (
 
 @pytest.mark.slow  # ~50 s: three trainings on the 291 images; export and init_from have fast tests
 def test_291_recipe(readme_copy):
-  """The Results section's training commands (x2, then x3 and x4 from it), the export
-  into pretrained/ and the curve, on the real 291 images with 2 steps each."""
-  trainings = [readme_command(c) for c in readme_commands() if c.startswith(TRAIN_291)]
+  """The training commands of the shipped models (docs/training.md: x2, then x3 and x4 from
+  it), the export into pretrained/ and the curve, on the real 291 images with 2 steps each."""
+  trainings = [doc_command(c) for c in doc_commands() if c.startswith(TRAIN_291)]
   assert [re.search(r"edsr_291\.py:(x\d)", c)[1] for c in trainings] == ["x2", "x3", "x4"]
   for command in trainings:
     result = run(readme_copy, command, *SMALL_291)
@@ -490,7 +544,7 @@ def test_291_recipe(readme_copy):
       assert "init_from" in command and "edsr_291_x2" in result.stderr
   for name in ("x2", "x3", "x4"):
     assert checkpoint_steps(readme_copy / "runs" / f"edsr_291_{name}") == [2]
-  exports = [c for c in readme_commands() if c.startswith(".venv/bin/python -m edsr_jax.export")]
+  exports = [c for c in doc_commands() if c.startswith(".venv/bin/python -m edsr_jax.export")]
   assert len(exports) == 3
   try:  # they replace the copy's shipped weights and picture: put them back afterwards
     for command in exports:
@@ -498,7 +552,7 @@ def test_291_recipe(readme_copy):
     summary = json.loads((readme_copy / "pretrained/edsr_291_x4/export.json").read_text())
     assert summary["step"] == 2
     assert summary["source"].endswith("runs/edsr_291_x4/checkpoints/2")
-    (curve,) = [c for c in readme_commands() if "plot_validation_curve.py runs/edsr_291" in c]
+    (curve,) = [c for c in doc_commands() if "plot_validation_curve.py runs/edsr_291" in c]
     target = readme_copy / re.search(r"--output=(\S+)", curve)[1]
     target.unlink()
     run(readme_copy, curve)
@@ -510,7 +564,7 @@ def test_291_recipe(readme_copy):
 
 
 def test_crop_comparison_of_the_shipped_x4(readme_copy):
-  command = readme_command(".venv/bin/python scripts/crop_comparison.py")
+  command = doc_command(".venv/bin/python scripts/crop_comparison.py")
   target = readme_copy / re.search(r"--output=(\S+)", command)[1]
   target.unlink()  # the README shows the committed picture: the command makes it again
   result = run(readme_copy, command)
