@@ -79,7 +79,7 @@ def _upscaler(scale: int, checkpoint: str | None):
   if checkpoint:
     return inference.load(checkpoint)
   config = config_lib.base_config()  # EDSR baseline: 16 blocks, 64 features
-  config.model.scale = scale
+  config.model.scales = (scale,)
   model = models.create_model(config.model)
   params = jax.jit(lambda key: model.init(key, jnp.zeros((1, 8, 8, 3)), scale)["params"])(
     jax.random.key(0)

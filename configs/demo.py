@@ -37,7 +37,7 @@ def get_config(arg: str | None = None):
   c.data.demo_val_images = ("chelsea", "coffee", "immunohistochemistry", "hubble_deep_field")
   c.data.val_convention = "benchmark"
   c.model.name = "edsr"
-  c.model.scale = 2
+  c.model.scales = (2,)
   c.model.num_blocks = 8
   c.model.num_features = 32
   # float32 compute: bfloat16 ("auto" picks it on a CPU with native bf16) measured no

@@ -42,7 +42,7 @@ def get_config(arg: str | None = None):
   scale, words = config_lib.variant(arg, ("baseline",))
   c = config_lib.base_config()
   c.model.name = "edsr"
-  c.model.scale = scale
+  c.model.scales = (scale,)
   if "baseline" in words:
     c.model.num_blocks, c.model.num_features, c.model.res_scale = 16, 64, 1.0
   else:

@@ -86,7 +86,7 @@ def get_config(arg: str | None = None):
 
   c = config_lib.base_config()
   c.model.name = "edsr"
-  c.model.scale = scale
+  c.model.scales = (scale,)
   c.model.num_blocks = 16
   c.model.num_features = 32
   # float32 compute: bfloat16 ("auto" picks it on a CPU with native bf16) measured no

@@ -171,20 +171,18 @@ def restore_config(manager: ocp.CheckpointManager, step: int | None = None):
   step = manager.latest_step() if step is None else step
   with _orbax_io():
     restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-  return ml_collections.ConfigDict(restored.config)
+  return config_lib.upgrade(ml_collections.ConfigDict(restored.config))
 
 
 def check_same_model(saved_config, config, where: str) -> None:
   """Refuses to resume a checkpoint of a different network into this run."""
   saved = json.loads(json.dumps(saved_config.model.to_dict()))
   current = json.loads(json.dumps(config.model.to_dict()))
-  keys = ("name", "num_blocks", "num_features", "res_scale", "scale", "scales")
+  keys = ("name", "num_blocks", "num_features", "res_scale", "scales")
   diff = [
     f"model.{k}: checkpoint {saved.get(k)!r}, config {current.get(k)!r}"
     for k in keys
     if saved.get(k) != current.get(k)
-    and not (k == "scales" and current["name"] == "edsr")
-    and not (k == "scale" and current["name"] == "mdsr")
   ]
   if diff:
     raise errors.ConfigError(
@@ -318,7 +316,7 @@ def read_config(step_dir: epath.Path) -> ml_collections.ConfigDict:
   try:
     with _orbax_io(), ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
       saved = checkpointer.restore(step_dir / "config", args=ocp.args.JsonRestore())
-    return ml_collections.ConfigDict(saved)
+    return config_lib.upgrade(ml_collections.ConfigDict(saved))
   except Exception as e:  # orbax and json raise many types
     raise errors.CheckpointError(
       f"{step_dir}/config: cannot read the saved config: {what_failed(e)}"

@@ -58,8 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.num_blocks = 16
   c.model.num_features = 64
   c.model.res_scale = 1.0
-  c.model.scale = 2  # EDSR
-  c.model.scales = (2, 3, 4)  # MDSR
+  # The scales the network serves: one for EDSR, several for MDSR (its branches).
+  c.model.scales = (2,)
   c.model.dtype = "float32"  # compute type; parameters stay float32
 
   c.data = ml_collections.ConfigDict()
@@ -97,8 +97,20 @@ def has_ema(config) -> bool:
   return ema_decay(config) > 0
 
 
+def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A config saved by an earlier version, in today's keys: EDSR's `model.scale` became
+  `model.scales` (one scale), as MDSR's."""
+  model = config.get("model")
+  if isinstance(model, ml_collections.ConfigDict) and "scale" in model:
+    with model.unlocked():
+      if model.get("name") == "edsr":
+        model.scales = [model.scale]
+      del model["scale"]
+  return config
+
+
 def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict:
-  """{'model.scale': 2, ...}: every leaf under its dotted name."""
+  """{'model.num_blocks': 16, ...}: every leaf under its dotted name."""
   out = {}
   for key, value in config.items():
     if isinstance(value, ml_collections.ConfigDict):
@@ -165,17 +177,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     "a number in (0, 1]",
   )
   need(m.dtype in DTYPES, "model.dtype", f"one of {DTYPES}")
+  scales = tuple(m.scales) if isinstance(m.scales, list | tuple) else ()
+  need(
+    len(scales) > 0 and all(s in models.SCALES for s in scales) and len(set(scales)) == len(scales),
+    "model.scales",
+    f"a non-empty tuple of distinct values from {models.SCALES}",
+  )
   if m.name == "edsr":
-    need(m.scale in models.SCALES, "model.scale", f"one of {models.SCALES}")
-  else:
-    scales = tuple(m.scales) if isinstance(m.scales, list | tuple) else ()
-    need(
-      len(scales) > 0
-      and all(s in models.SCALES for s in scales)
-      and len(set(scales)) == len(scales),
-      "model.scales",
-      f"a non-empty tuple of distinct values from {models.SCALES}",
-    )
+    need(len(scales) == 1, "model.scales", "one scale for EDSR (MDSR serves several)")
 
   d = config.data
   need(d.source in DATA_SOURCES, "data.source", f"one of {DATA_SOURCES}")
@@ -187,7 +196,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
       "a folder, or several separated by commas with none of them empty",
     )
   if d.source == "tfds":
-    tfds_names(d.tfds_name, (m.scale,) if m.name == "edsr" else tuple(m.scales))
+    tfds_names(d.tfds_name, tuple(m.scales))
   need(d.val_convention in ("benchmark", "div2k"), "data.val_convention", "'benchmark' or 'div2k'")
 
   if config.batch_size % num_devices:
@@ -366,6 +375,11 @@ def check_key(config: ml_collections.ConfigDict, key: str, name: str = "config")
       )
     if part not in node:
       group = ".".join([name, *done])
+      if [*done, part] == ["model", "scale"]:  # one key for EDSR and MDSR since 0.2
+        raise errors.ConfigError(
+          f"--{name}.{key}: {name}.model.scale is now {name}.model.scales, for EDSR "
+          f"(one scale) and MDSR alike: --{name}.model.scales=3"
+        )
       known = sorted(node.keys())
       close = difflib.get_close_matches(part, known, n=1)
       hint = f"; did you mean {group}.{close[0]}?" if close else ""

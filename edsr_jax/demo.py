@@ -15,7 +15,7 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from edsr_jax import cli, config_lib, data, image_io, inference, metrics, train
+from edsr_jax import cli, config_lib, data, image_io, inference, metrics, models, train
 
 FLAGS = flags.FLAGS
 DEFAULT_CONFIG = "configs/demo.py"
@@ -23,7 +23,7 @@ DEFAULT_CONFIG = "configs/demo.py"
 
 def report(config, state, workdir: epath.Path) -> dict:
   """Scores the trained model on the held-out images; writes comparison.png and JSON."""
-  scale = config.model.scale
+  (scale,) = models.model_scales(config.model)
   upscaler = inference.Upscaler(config, train.eval_params(state), ema=state.has_ema)
   val_images = data.load_val_images(config, (scale,))
   strips = []

@@ -41,7 +41,7 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   # Defined only when run as a program, so importing this module cannot collide with other
-  # absl flags (the training script has its own --config.model.scale and so on).
+  # absl flags (the training script has its own --config.model.scales and so on).
   flags.DEFINE_string("input", None, "The PyTorch .pt state_dict to import.", required=True)
   flags.DEFINE_string("output", None, "Workdir to write the checkpoint into.", required=True)
   flags.DEFINE_enum("model", None, ["edsr", "mdsr"], "Expected network (default: detected).")
@@ -78,10 +78,7 @@ def make_config(arch: torch_weights.Architecture, res_scale: float):
   config.model.num_blocks = arch.num_blocks
   config.model.num_features = arch.num_features
   config.model.res_scale = float(res_scale)
-  if arch.model == "edsr":
-    config.model.scale = arch.scales[0]
-  else:
-    config.model.scales = tuple(arch.scales)
+  config.model.scales = tuple(arch.scales)
   config.data.source = "demo"  # a placeholder: fine-tuning sets its own data
   config.data.val_convention = "div2k"  # as the presets of the official networks
   config_lib.validate(config)

@@ -299,14 +299,13 @@ def create_model(model_config, dtype: Any = jnp.float32) -> nn.Module:
     dtype=dtype,
   )
   if name == "edsr":
-    return EDSR(scale=model_config.scale, **common)
+    (scale,) = model_config.scales
+    return EDSR(scale=scale, **common)
   if name == "mdsr":
     return MDSR(scales=tuple(model_config.scales), **common)
   raise ValueError(f"config.model.name must be 'edsr' or 'mdsr', got {name!r}")
 
 
 def model_scales(model_config) -> tuple[int, ...]:
-  """The scales a model config serves: (scale,) for EDSR, `scales` for MDSR."""
-  if model_config.name == "mdsr":
-    return tuple(model_config.scales)
-  return (model_config.scale,)
+  """The scales a model config serves (`model.scales`: one for EDSR, several for MDSR)."""
+  return tuple(model_config.scales)

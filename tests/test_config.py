@@ -1,5 +1,6 @@
 """Every preset is valid, and bad values are refused before anything compiles."""
 
+import json
 import pathlib
 import re
 import subprocess
@@ -7,9 +8,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import pytest
 
-from edsr_jax import config_lib, data, errors, models
+from edsr_jax import config_lib, data, errors, inference, models
 
 ROOT = pathlib.Path(__file__).parent.parent
 # Every preset: config file and argument, as --config takes them.
@@ -59,7 +62,7 @@ def test_preset_follows_paper_recipe_and_documents_its_command(preset):
 )
 def test_edsr_variants(arg, scale, blocks):
   config = config_lib.load_config_file(ROOT / "configs" / "edsr.py", arg)
-  assert (config.model.scale, config.model.num_blocks) == (scale, blocks)
+  assert (config.model.scales, config.model.num_blocks) == ((scale,), blocks)
 
 
 @pytest.mark.parametrize("file", ["edsr.py", "mdsr.py", "edsr_291.py"])
@@ -80,7 +83,7 @@ def test_edsr_291_scale_argument_and_patches_that_fit_every_t91_image(shared_dat
   readme_params = {2: 343_939, 3: 390_179, 4: 380_931}  # README's table of presets
   for arg, scale in ((None, 2), ("x2", 2), ("x3", 3), ("x4", 4)):
     config = config_lib.load_config_file(path, arg)
-    assert (config.model.scale, config.data.source) == (scale, "folder")
+    assert (config.model.scales, config.data.source) == ((scale,), "folder")
     model = models.create_model(config.model)
     shapes = jax.eval_shape(
       lambda m=model, s=scale: m.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), s)
@@ -91,7 +94,7 @@ def test_edsr_291_scale_argument_and_patches_that_fit_every_t91_image(shared_dat
     config.data.train_dir = "../shared/data/train/T91,../shared/data/train/BSD200"
     config_lib.validate(config)
     local = config_lib.load_config_file(path, "runlocal" if arg is None else f"{arg},runlocal")
-    assert (local.model.scale, local.data.source) == (scale, "demo")
+    assert (local.model.scales, local.data.source) == ((scale,), "demo")
     config_lib.validate(local)
   doc = path.read_text().split('"""')[1]
   for arg in ("x2", "x3", "x4"):
@@ -106,7 +109,8 @@ def _demo():
 @pytest.mark.parametrize(
   "key,value,match",
   [
-    ("model.scale", 5, r"config.model.scale=5 is invalid: allowed one of \(2, 3, 4\)"),
+    ("model.scales", (5,), r"config.model.scales=\(5,\) is invalid: allowed a non-empty"),
+    ("model.scales", (2, 3), r"config.model.scales=\(2, 3\) is invalid: allowed one scale for"),
     ("learning_rate", -1e-4, r"config.learning_rate=-0.0001 is invalid: allowed a finite"),
     ("model.name", "srcnn", r"config.model.name='srcnn' is invalid: allowed one of"),
     ("data.source", "ftp", r"config.data.source='ftp' is invalid: allowed one of"),
@@ -175,11 +179,28 @@ def _run_main(tmp_path, *overrides):
 
 
 def test_cli_refuses_bad_value_before_compiling(tmp_path):
-  result = _run_main(tmp_path, "--config.model.scale=5")
+  result = _run_main(tmp_path, "--config.model.scales=5")
   assert result.returncode != 0
-  assert "error: config.model.scale=5 is invalid: allowed one of (2, 3, 4)" in result.stderr
+  assert "error: config.model.scales=(5,) is invalid: allowed a non-empty tuple" in result.stderr
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_old_scale_key_names_the_new_one(tmp_path):
+  result = _run_main(tmp_path, "--config.model.scale=3")
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert last == (
+    "error: --config.model.scale: config.model.scale is now config.model.scales, for EDSR "
+    "(one scale) and MDSR alike: --config.model.scales=3"
+  )
+
+
+def test_configs_saved_with_the_old_scale_key_read_as_today():
+  old_edsr = ml_collections.ConfigDict({"model": {"name": "edsr", "scale": 3, "scales": [2, 3, 4]}})
+  assert config_lib.upgrade(old_edsr).model.to_dict() == {"name": "edsr", "scales": [3]}
+  old_mdsr = ml_collections.ConfigDict({"model": {"name": "mdsr", "scale": 2, "scales": [2, 3, 4]}})
+  assert config_lib.upgrade(old_mdsr).model.to_dict() == {"name": "mdsr", "scales": [2, 3, 4]}
 
 
 def test_cli_refuses_unknown_key(tmp_path):
@@ -207,3 +228,15 @@ def test_cli_refuses_patch_larger_than_images(tmp_path):
 def test_old_preset_names_say_where_they_went(old, new):
   with pytest.raises(errors.ConfigError, match=re.escape(f"no such file (it is now {new}")):
     config_lib.load_config_file(f"configs/{old}")
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_shipped_models_written_with_the_old_scale_key_still_load(scale):
+  """pretrained/ was written when EDSR said `model.scale`; it loads with its one scale."""
+  path = ROOT / "pretrained" / f"edsr_291_x{scale}"
+  saved = json.loads((path / "checkpoints" / "0" / "config" / "metadata").read_text())
+  assert saved["model"]["scale"] == scale and saved["model"]["scales"] == [2, 3, 4]
+  upscaler = inference.load(path)
+  assert upscaler.scales == (scale,) and upscaler.config.model.scales == [scale]
+  lr = np.full((8, 8, 3), 128, np.uint8)
+  assert upscaler.upscale(lr).shape == (8 * scale, 8 * scale, 3)

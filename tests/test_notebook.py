@@ -20,7 +20,7 @@ NOTEBOOK = REPO_ROOT / "notebooks" / "restore_and_upscale.ipynb"
 
 def test_notebook_runs_and_reports_psnr(tmp_path, monkeypatch):
   config = config_lib.runlocal(config_lib.base_config())
-  config.model.scale = 3
+  config.model.scales = (3,)
   config.model.num_blocks, config.model.num_features = 1, 8
   config.num_train_steps = config.checkpoint_every_steps = config.eval_every_steps = 2
   train.train_and_evaluate(config, str(tmp_path / "run"))

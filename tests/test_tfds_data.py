@@ -210,7 +210,7 @@ def test_validate_checks_the_name_against_the_model():
   c = config_lib.base_config()
   c.data.source = "tfds"
   config_lib.validate(c)  # default name, EDSR x2
-  c.model.scale = 3
+  c.model.scales = (3,)
   c.data.tfds_name = "div2k/bicubic_x2"
   with pytest.raises(ConfigError, match=r"config.data.tfds_name='div2k/bicubic_x2'"):
     config_lib.validate(c)
