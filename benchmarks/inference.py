@@ -46,10 +46,11 @@ import argparse
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
+
+import child
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -171,7 +172,7 @@ def ours_child(spec: dict) -> dict:
   torch_weights.check_state_dict(state, arch)
   config = config_lib.base_config()
   config.model.num_blocks, config.model.num_features = blocks, features
-  config.model.res_scale, config.model.scale = res_scale, scale
+  config.model.res_scale, config.model.scales = res_scale, (scale,)
   config.model.dtype = spec["dtype"]
   device = jax.devices()[0]
   params = jax.device_put(torch_weights.to_flax_params(state, arch), device)
@@ -273,18 +274,8 @@ CHILDREN = {"ours": ours_child, "official": official_child}
 
 
 def run_child(kind: str, spec: dict, env: dict) -> dict:
-  proc = subprocess.run(
-    [sys.executable, __file__, "--child", json.dumps({"kind": kind, **spec})],
-    capture_output=True,
-    text=True,
-    env=env,
-    cwd=ROOT,
-  )
-  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-  if proc.returncode != 0 or not lines:
-    tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-    return {"error": f"exit {proc.returncode}: {tail[-400:]}"}
-  return json.loads(lines[-1][len("RESULT ") :])
+  result = child.run(__file__, {"kind": kind, **spec}, env, ROOT)
+  return result
 
 
 # ------------------------------------------------------------------ main
@@ -324,7 +315,7 @@ def main() -> None:
   args = parser.parse_args()
   if args.child:
     spec = json.loads(args.child)
-    print("RESULT " + json.dumps(CHILDREN[spec["kind"]](spec)), flush=True)
+    child.answer(CHILDREN[spec["kind"]](spec))
     return
 
   import numpy as np

@@ -29,9 +29,9 @@ import argparse
 import json
 import os
 import pathlib
-import subprocess
-import sys
 import time
+
+import child
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def _upscaler(scale: int, checkpoint: str | None):
   return inference.Upscaler(config, params)
 
 
-def child(spec: dict) -> dict:
+def measure(spec: dict) -> dict:
   """One configuration, in this fresh process."""
   import jax
   import jax.numpy as jnp
@@ -160,7 +160,7 @@ def main() -> None:
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    print("RESULT " + json.dumps(child(json.loads(args.child))), flush=True)
+    child.answer(measure(json.loads(args.child)))
     return
 
   budget = args.budget_s or (15.0 if args.quick else 30.0)
@@ -197,18 +197,10 @@ def main() -> None:
       checkpoint=args.checkpoint,
       save=save,
     )
-    proc = subprocess.run(
-      [sys.executable, __file__, "--child", json.dumps(spec)],
-      capture_output=True,
-      text=True,
-      env=env,
-      cwd=REPO_ROOT,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-      print(f"{label:<13} failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+    r = child.run(__file__, spec, env, REPO_ROOT)
+    if "error" in r:
+      print(f"{label:<13} failed ({r['error']})")
       continue
-    r = json.loads(lines[0][len("RESULT ") :])
     kind = "untiled" if r["tile"] == 0 else f"{r['tile']}{' (auto)' if tile is None else ''}"
     kind += f", {r['tiles']} tile{'s' if r['tiles'] > 1 else ''}" if r["tile"] else ""
     window = f"{r['window'][1]}x{r['window'][0]}"

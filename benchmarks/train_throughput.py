@@ -39,9 +39,10 @@ import json
 import os
 import pathlib
 import platform
-import subprocess
 import sys
 import time
+
+import child
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -104,7 +105,7 @@ def jax_child(spec: dict) -> dict:
   blocks, features, res_scale = NETWORKS[spec["network"]]
   config = config_lib.base_config()
   config.model.num_blocks, config.model.num_features = blocks, features
-  config.model.res_scale, config.model.scale = res_scale, SCALE
+  config.model.res_scale, config.model.scales = res_scale, (SCALE,)
   config.model.dtype = spec["dtype"]
   config.batch_size, config.patch_size = spec["batch"], spec["patch"]
   device = jax.devices()[0]
@@ -237,18 +238,10 @@ CHILDREN = {"jax": jax_child, "torch": torch_child, "probe": probe_child}
 
 
 def run_child(kind: str, spec: dict, env: dict) -> dict:
-  proc = subprocess.run(
-    [sys.executable, __file__, "--child", json.dumps({"kind": kind, **spec})],
-    capture_output=True,
-    text=True,
-    env=env,
-    cwd=ROOT,
-  )
-  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-  if proc.returncode != 0 or not lines:
-    tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-    return {"error": f"{kind} failed (exit {proc.returncode}): {tail[-400:]}"}
-  return json.loads(lines[-1][len("RESULT ") :])
+  result = child.run(__file__, {"kind": kind, **spec}, env, ROOT)
+  if "error" in result:
+    return {"error": f"{kind} failed ({result['error']})"}
+  return result
 
 
 # ------------------------------------------------------------------ table
@@ -313,7 +306,7 @@ def main() -> None:
   args = parser.parse_args()
   if args.child:
     spec = json.loads(args.child)
-    print("RESULT " + json.dumps(CHILDREN[spec["kind"]](spec)), flush=True)
+    child.answer(CHILDREN[spec["kind"]](spec))
     return
 
   env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")

@@ -124,6 +124,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   """Raises ConfigError for an unknown key or a value outside what training accepts."""
   known = set(flatten(base_config()))
   unknown = sorted(set(flatten(config)) - known)
+  if unknown == ["model.scale"]:  # set in code as before (a ConfigDict takes any new key)
+    raise errors.ConfigError(
+      "config.model.scale is now config.model.scales, for EDSR (one scale) and MDSR alike: "
+      f"set config.model.scales = ({config.model.scale},)"
+    )
   if unknown:
     raise errors.ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
 

@@ -108,6 +108,7 @@ def test_inference_smoke():
 
 
 def _load_inference_module():
+  sys.path.insert(0, str(ROOT / "benchmarks"))  # as when run as a script: `import child`
   spec = importlib.util.spec_from_file_location(
     "bench_inference", ROOT / "benchmarks" / "inference.py"
   )

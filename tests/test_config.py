@@ -196,6 +196,13 @@ def test_the_old_scale_key_names_the_new_one(tmp_path):
   )
 
 
+def test_the_old_scale_key_set_in_code_is_refused():
+  config = _demo()
+  config.model.scale = 3  # a ConfigDict takes a new key silently: validation must not
+  with pytest.raises(errors.ConfigError, match=r"set config.model.scales = \(3,\)"):
+    config_lib.validate(config)
+
+
 def test_configs_saved_with_the_old_scale_key_read_as_today():
   old_edsr = ml_collections.ConfigDict({"model": {"name": "edsr", "scale": 3, "scales": [2, 3, 4]}})
   assert config_lib.upgrade(old_edsr).model.to_dict() == {"name": "edsr", "scales": [3]}
