@@ -773,6 +773,7 @@ def main(argv):
   _check_output_path("output_json", FLAGS.output_json)
   _check_output_path("dump_hlo", FLAGS.dump_hlo)
   devices = devices_for(tpu_slice)
+  cli.log(f"compiling for {accelerator} (a minute or more for the large networks; Ctrl-C stops it)")
   try:
     report = _interruptible(
       lambda: check(

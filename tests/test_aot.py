@@ -361,7 +361,11 @@ def test_ctrl_c_stops_a_compile_at_once(tmp_path):
     cwd=REPO,
     env=env,
   )
-  time.sleep(8)  # past start-up and the topology: compiling EDSR takes a minute or more
+  # Past start-up and the topology (however loaded this machine is): compiling EDSR
+  # takes a minute or more from the line that says it starts.
+  while "compiling for v5litepod-8" not in process.stderr.readline():
+    assert process.poll() is None
+  time.sleep(1)
   assert process.poll() is None
   sent = time.monotonic()
   process.send_signal(signal.SIGINT)
