@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from edsr_jax import errors, models
+from edsr_jax import errors, models, tfds_data
 
 MODEL_NAMES = ("edsr", "mdsr")
 DATA_SOURCES = ("demo", "folder", "tfds")
@@ -201,7 +201,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
       "a folder, or several separated by commas with none of them empty",
     )
   if d.source == "tfds":
-    tfds_names(d.tfds_name, tuple(m.scales))
+    tfds_data.tfds_names(d.tfds_name, tuple(m.scales))
   need(d.val_convention in ("benchmark", "div2k"), "data.val_convention", "'benchmark' or 'div2k'")
 
   if config.batch_size % num_devices:
@@ -209,31 +209,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
       f"config.batch_size={config.batch_size} does not divide over {num_devices} devices: "
       f"allowed a multiple of {num_devices}"
     )
-
-
-TFDS_KINDS = ("bicubic", "unknown")
-_TFDS_NAME = re.compile(r"div2k/(?P<kind>[a-z]+)_x(?P<scale>\{scale\}|\d+)")
-
-
-def tfds_names(name: str, scales: Sequence[int]) -> dict[int, str]:
-  """{scale: TFDS name} for `config.data.tfds_name` and the model's scales.
-
-  `div2k/<kind>_x{scale}` names one builder config per scale; `div2k/<kind>_x<s>` is
-  one config, which must then be the model's only scale.
-  """
-  m = _TFDS_NAME.fullmatch(name)
-  allowed = (
-    f"'div2k/<kind>_x{{scale}}' or 'div2k/<kind>_x<s>' with kind one of {TFDS_KINDS} "
-    "and s one of 2, 3, 4"
-  )
-  if not m or m["kind"] not in TFDS_KINDS or m["scale"] not in ("{scale}", "2", "3", "4"):
-    raise errors.ConfigError(f"config.data.tfds_name={name!r} is invalid: allowed {allowed}")
-  if m["scale"] != "{scale}" and tuple(scales) != (int(m["scale"]),):
-    raise errors.ConfigError(
-      f"config.data.tfds_name={name!r} has LR images at x{m['scale']} only, but the "
-      f"model trains x{', x'.join(map(str, scales))}: use 'div2k/{m['kind']}_x{{scale}}'"
-    )
-  return {s: f"div2k/{m['kind']}_x{s}" for s in scales}
 
 
 def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

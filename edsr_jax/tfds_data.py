@@ -21,10 +21,35 @@ import jax
 from absl import app, flags
 from etils import epath
 
-from edsr_jax import cli, config_lib, errors, image_io
+from edsr_jax import cli, errors, image_io
 from edsr_jax.image_io import SRImages
 
 _SPLITS = {"train": "train", "valid": "validation", "validation": "validation"}
+
+
+TFDS_KINDS = ("bicubic", "unknown")
+_TFDS_NAME = re.compile(r"div2k/(?P<kind>[a-z]+)_x(?P<scale>\{scale\}|\d+)")
+
+
+def tfds_names(name: str, scales: Sequence[int]) -> dict[int, str]:
+  """{scale: TFDS name} for `config.data.tfds_name` and the model's scales.
+
+  `div2k/<kind>_x{scale}` names one builder config per scale; `div2k/<kind>_x<s>` is
+  one config, which must then be the model's only scale.
+  """
+  m = _TFDS_NAME.fullmatch(name)
+  allowed = (
+    f"'div2k/<kind>_x{{scale}}' or 'div2k/<kind>_x<s>' with kind one of {TFDS_KINDS} "
+    "and s one of 2, 3, 4"
+  )
+  if not m or m["kind"] not in TFDS_KINDS or m["scale"] not in ("{scale}", "2", "3", "4"):
+    raise errors.ConfigError(f"config.data.tfds_name={name!r} is invalid: allowed {allowed}")
+  if m["scale"] != "{scale}" and tuple(scales) != (int(m["scale"]),):
+    raise errors.ConfigError(
+      f"config.data.tfds_name={name!r} has LR images at x{m['scale']} only, but the "
+      f"model trains x{', x'.join(map(str, scales))}: use 'div2k/{m['kind']}_x{{scale}}'"
+    )
+  return {s: f"div2k/{m['kind']}_x{s}" for s in scales}
 
 
 @functools.cache
@@ -145,7 +170,7 @@ def load(
   max_images: int | None = None,
 ) -> SRImages:
   """One split ('train' or 'valid') of the div2k config(s) for `scales`, as SRImages."""
-  names = config_lib.tfds_names(name, scales)
+  names = tfds_names(name, scales)
   if split not in _SPLITS:
     raise ValueError(f"split {split!r}: allowed {sorted(_SPLITS)}")
   split = _SPLITS[split]
@@ -217,7 +242,7 @@ def main(argv: list[str]) -> None:
       raise errors.UserError(
         f"--name {name!r}: give configs with their scale, e.g. div2k/bicubic_x2"
       )
-    config_lib.tfds_names(name, [int(m[1])])
+    tfds_names(name, [int(m[1])])
     builder = prepare(name, flags.FLAGS.data_dir, flags.FLAGS.manual_dir)
     splits = builder.info.splits
     print(

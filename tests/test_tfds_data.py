@@ -195,15 +195,15 @@ def test_configs_whose_hr_images_differ_are_refused(div2k, tmp_path):
 )
 def test_bad_config_names_are_refused(name, scales, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
-    config_lib.tfds_names(name, scales)
+    tfds_data.tfds_names(name, scales)
 
 
 def test_dataset_names_expand_scale():
-  assert config_lib.tfds_names("div2k/unknown_x{scale}", (2, 4)) == {
+  assert tfds_data.tfds_names("div2k/unknown_x{scale}", (2, 4)) == {
     2: "div2k/unknown_x2",
     4: "div2k/unknown_x4",
   }
-  assert config_lib.tfds_names("div2k/bicubic_x3", (3,)) == {3: "div2k/bicubic_x3"}
+  assert tfds_data.tfds_names("div2k/bicubic_x3", (3,)) == {3: "div2k/bicubic_x3"}
 
 
 def test_validate_checks_the_name_against_the_model():
