@@ -21,49 +21,17 @@ upsampler is copied from it; its EMA, as the run kept one), on a shorter schedul
       --config.data.train_dir=../shared/data/train/T91,../shared/data/train/BSD200 \
       --config.data.val_dir=../shared/data/benchmark/Set5 --config.init_from=runs/edsr_291_x2
 
-Then score each run on the benchmarks, write its weights for shipping and draw its
-validation curve:
-
-  python -m edsr_jax.evaluate --checkpoint=runs/edsr_291_x2 \
-      --benchmark_dir=../shared/data/benchmark --datasets=Set5,Set14,B100
-  python -m edsr_jax.export --checkpoint=runs/edsr_291_x2 --output=pretrained/edsr_291_x2 \
-      --overwrite
-  python scripts/plot_validation_curve.py runs/edsr_291_x2 --ymin=33
-
-Expected (measured 2026-11-30 on this project's 2-core AMD EPYC CPU machine; Y-PSNR /
-SSIM, border = scale, the EMA parameters of the last step; the shipped weights score
-exactly this):
-  x2 (12,000 steps from scratch, 72.8 min): Set5 37.56 / 0.9592, Set14 33.11 / 0.9133,
+Expected (Y-PSNR / SSIM, border = scale, the EMA parameters of the last step; the
+shipped weights score exactly this; 2-core CPU training times):
+  x2 (12,000 steps from scratch, 73 min): Set5 37.56 / 0.9592, Set14 33.11 / 0.9133,
       B100 31.90 / 0.8960
-  x3 (6,000 steps from the x2 network, 26.2 min): Set5 33.78 / 0.9221, Set14 29.88 / 0.8330,
+  x3 (6,000 steps from the x2 network, 26 min): Set5 33.78 / 0.9221, Set14 29.88 / 0.8330,
       B100 28.82 / 0.7979
-  x4 (8,000 steps from the x2 network, 21.6 min): Set5 31.44 / 0.8833, Set14 28.11 / 0.7696,
+  x4 (8,000 steps from the x2 network, 22 min): Set5 31.44 / 0.8833, Set14 28.11 / 0.7696,
       B100 27.26 / 0.7256
-Above VDSR on Set5 and Set14 at every scale; on B100 0.004 / 0.003 / 0.03 dB short of
-it (x2 / x3 / x4: 31.896, 28.817, 27.26).
-For comparison, VDSR (CVPR 2016, 20 layers, 665k parameters, trained on these 291
-images) reports Y-PSNR 37.53 / 33.03 / 31.90 (x2), 33.66 / 29.77 / 28.82 (x3) and
-31.35 / 28.01 / 27.29 (x4) on Set5 / Set14 / B100.
-
-Why this network and recipe: the EDSR baseline (16 blocks, 64 features, LR patch 48)
-trains at about 0.3 steps/s on a 2-core CPU: 90 minutes would be 1,600 steps. With 32
-features the 16 blocks cost a quarter of that per pixel; measured side by side on this
-CPU (batch 16, patch 32), 16 blocks x 32 features ran at 0.68x the speed of the demo's 8
-blocks x 32 features, and 12 blocks x 48 features at 0.28x. 16 x 32 keeps the
-baseline's depth (its receptive field) and fits 12,000 x2 steps in the budget (2.8
-steps/s). The learning rate is the one measured to work for the 8 x 32 network on these
-images: Adam 1e-3, halved every 3,000 steps (the paper's 1e-4 is for 300,000 steps);
-the fine-tunes start at 5e-4. LR patches are the largest that every image allows: the
-smallest T91 image (t20.bmp, 78 pixels high) is 39 / 26 / 19 LR pixels at x2 / x3 / x4,
-so patches are 32 / 24 / 16 (HR 64 / 72 / 64). float32: bfloat16 measured no faster on
-this CPU (XLA:CPU runs bf16 convolutions in f32, benchmarks/README.md).
-
-An EMA of the parameters (decay 0.999) is what validation, `evaluate` and `export` use;
-`--config.ema_decay=0` turns it off. Measured on the x2 run (Set5, the same checkpoints
-scored with and without it): the EMA is behind for the first 4,000 steps (it still
-carries the initial network: 36.63 vs 37.21 dB at step 4,000) and ahead at every
-checkpoint from 6,000 on (37.42 vs 37.35 at 6,000, 37.52 vs 37.23 at 8,000, 37.543 vs
-37.516 at 10,000, 37.557 vs 37.554 at 12,000), so it stays on.
+Why this network, learning rate, patch sizes and the EMA (decay 0.999, on for
+validation, `evaluate` and `export`), with the measurements: docs/training.md, "The
+shipped EDSR-291 models"; the commands that score, export and plot the runs are there too.
 
 Quick smoke run on the built-in demo photos (a few steps, tiny batch):
 

@@ -124,7 +124,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   """Raises ConfigError for an unknown key or a value outside what training accepts."""
   known = set(flatten(base_config()))
   unknown = sorted(set(flatten(config)) - known)
-  if unknown == ["model.scale"]:  # set in code as before (a ConfigDict takes any new key)
+  if unknown == ["model.scale"]:  # the key EDSR configs had; a ConfigDict takes any new key
     raise errors.ConfigError(
       "config.model.scale is now config.model.scales, for EDSR (one scale) and MDSR alike: "
       f"set config.model.scales = ({config.model.scale},)"
@@ -355,7 +355,7 @@ def check_key(config: ml_collections.ConfigDict, key: str, name: str = "config")
       )
     if part not in node:
       group = ".".join([name, *done])
-      if [*done, part] == ["model", "scale"]:  # one key for EDSR and MDSR since 0.2
+      if [*done, part] == ["model", "scale"]:  # the key EDSR configs had
         raise errors.ConfigError(
           f"--{name}.{key}: {name}.model.scale is now {name}.model.scales, for EDSR "
           f"(one scale) and MDSR alike: --{name}.model.scales=3"

@@ -64,10 +64,8 @@ def compute_dtype(name: str) -> jnp.dtype:
 
   "auto" is bfloat16 when JAX runs on a CPU that computes it natively and float32
   everywhere else (GPU and TPU keep the paper's float32 unless asked); parameters, Adam
-  and the loss stay float32. Measured on the demo (2-core Zen 4, two seeds, 2,000 steps):
-  the same PSNR as float32 within seed noise (+0.02 / -0.05 dB) but no reliable speed-up,
-  because XLA:CPU (jaxlib 0.10.2) computes bfloat16 convolutions in float32; so no preset
-  uses it by default.
+  and the loss stay float32. No preset uses it: on a CPU it matched float32's PSNR but
+  was not reliably faster (benchmarks/README.md has the measurement).
   """
   if name == "auto":
     native = jax.default_backend() == "cpu" and cpu_has_native_bf16()
