@@ -38,7 +38,6 @@ import jax.numpy as jnp
 from absl import flags
 from jax.experimental import topologies
 from jax.sharding import SingleDeviceSharding
-from ml_collections import config_flags
 
 from edsr_jax import accelerators, cli, config_lib, errors, inference, models, train
 
@@ -859,7 +858,7 @@ def _write_json(path: str, data: dict) -> None:
 def _define_flags():
   flags.DEFINE_string("tpu", None, "Cloud TPU accelerator type, e.g. v5litepod-8, v4-32, v6e-8.")
   flags.DEFINE_string("gpu", None, "GPU host: h100-1 .. h100-8 (NVIDIA H100 SXM 80GB).")
-  config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).")
+  config_lib.define_config_flag()
   flags.DEFINE_bool("max_batch", False, "Find the largest global batch that fits.")
   flags.DEFINE_bool("inference", True, "Also compile the inference forward for a DIV2K tile.")
   flags.DEFINE_string("output_json", None, "Write the report to this JSON file.")

@@ -104,13 +104,13 @@ def _exit_keeping_sigint(status: int) -> None:
   os._exit(status)
 
 
-def _parse_flags(check_args: Callable[[list[str]], None] | None):
+def _parse_flags(check_args: Callable[[list[str]], list[str]] | None):
   """absl's flag parsing with every failure as one `error:` line and exit status 1."""
 
   def parse(argv: list[str]) -> list[str]:
     try:
       if check_args is not None:
-        check_args(argv)
+        argv = check_args(argv)
       return flags.FLAGS(argv)
     except (errors.UserError, flags.Error) as e:
       log_error(errors.one_line(e))
@@ -122,12 +122,14 @@ def _parse_flags(check_args: Callable[[list[str]], None] | None):
 
 
 def run(
-  main: Callable[[list[str]], int | None], check_args: Callable[[list[str]], None] | None = None
+  main: Callable[[list[str]], int | None],
+  check_args: Callable[[list[str]], list[str]] | None = None,
 ) -> None:
   """Parses the absl flags and runs `main(argv)`; its return value is the exit status.
 
-  `check_args(argv)`, if given, runs before the flags are parsed and raises a UserError
-  for a problem it finds (the config file flags: `config_lib.check_config_args`).
+  `check_args(argv)`, if given, runs before the flags are parsed, raises a UserError for
+  a problem it finds and returns the arguments to parse (the config file flags:
+  `config_lib.check_config_args`).
   """
 
   def main_reporting_user_errors(argv: list[str]) -> int | None:

@@ -14,6 +14,8 @@ import traceback
 from collections.abc import Sequence
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from edsr_jax import errors, models, tfds_data
 
@@ -371,23 +373,61 @@ def check_key(config: ml_collections.ConfigDict, key: str, name: str = "config")
     done.append(part)
 
 
-def check_config_args(argv: Sequence[str], name: str = "config", default: str | None = None):
+def load_config_flag(value: str) -> ml_collections.ConfigDict:
+  """The config that `--config=path[:arg]` names (`get_config(arg)` of the file)."""
+  path, colon, arg = value.partition(":")
+  return load_config_file(path, arg if colon else None)
+
+
+# What check_config_args loaded, taken by the flag's parser: each config file runs once.
+_loaded: dict[str, ml_collections.ConfigDict] = {}
+
+
+class _ConfigFileParser(flags.ArgumentParser):
+  """The parser of ml_collections' config file flag, loading through `load_config_flag`."""
+
+  def flag_type(self) -> str:
+    return "config object"
+
+  def parse(self, value):
+    config = _loaded.pop(value, None)
+    if config is None:
+      config = load_config_flag(value)
+    config.lock()
+    return config
+
+
+def define_config_flag(name: str = "config", help_string: str | None = None) -> None:
+  """`--<name>=path[:arg]` with its `--<name>.<key>=value` overrides (ml_collections), the
+  file loaded by `load_config_file`; pair it with `check_config_args` (cli.run)."""
+  help_string = help_string or "Config file (configs/*.py), with its variant after a colon."
+  config_flags.DEFINE_config_file(name, None, help_string, lock_config=True)
+  flags.FLAGS[name].parser = _ConfigFileParser()
+
+
+def check_config_args(
+  argv: Sequence[str], name: str = "config", default: str | None = None
+) -> list[str]:
   """Checks the config file flag `--<name>=path[:arg]` and its `--<name>.<key>=...`
   overrides in `argv` before absl parses them (ml_collections would end in a traceback).
+  Returns the arguments to parse: with `--<name>=<default>` added when none was given.
 
   Raises ConfigError naming the file or the key: see `load_config_file`; an unknown key
   names the closest existing one. Values are checked by absl when it parses them.
   """
+  argv = list(argv)
   value = _flag_value(argv, name)
-  if value is None:
+  if value is None and default is not None:
     value = default
+    argv.insert(1, f"--{name}={default}")
   if value is None:
-    return  # absl reports the missing flag
-  path, colon, arg = value.partition(":")
-  config = load_config_file(path, arg if colon else None)
+    return argv  # absl reports the missing flag
+  config = load_config_flag(value)
   for a in argv[1:]:
     if a == "--":
       break
     m = re.match(rf"--?(no)?{re.escape(name)}\.([^=]+)", a)
     if m:
       check_key(config, m[2], name)
+  _loaded[value] = config
+  return argv

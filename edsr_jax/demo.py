@@ -13,7 +13,6 @@ import jax
 import numpy as np
 from absl import flags
 from etils import epath
-from ml_collections import config_flags
 
 from edsr_jax import cli, config_lib, data, image_io, inference, metrics, models, train
 
@@ -68,7 +67,7 @@ def main(argv):
 
 def _define_flags() -> None:
   flags.DEFINE_string("workdir", "runs/demo", "Directory for checkpoints, logs and pictures.")
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Demo config file.", lock_config=True)
+  config_lib.define_config_flag(help_string=f"Config file (default {DEFAULT_CONFIG}).")
 
 
 def run() -> None:

@@ -15,7 +15,6 @@ import os
 
 import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from edsr_jax import cli, config_lib, train
 
@@ -85,9 +84,7 @@ def main(argv):
 
 def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs.")
-  config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (configs/*.py).", lock_config=True
-  )
+  config_lib.define_config_flag()
   flags.DEFINE_string(
     "coordinator_address", None, "HOST:PORT of process 0, for multi-process runs outside Cloud TPU."
   )

@@ -247,3 +247,33 @@ def test_shipped_models_written_with_the_old_scale_key_still_load(scale):
   assert upscaler.scales == (scale,) and upscaler.config.model.scales == [scale]
   lr = np.full((8, 8, 3), 128, np.uint8)
   assert upscaler.upscale(lr).shape == (8 * scale, 8 * scale, 3)
+
+
+def test_the_config_file_runs_once_and_overrides_apply(tmp_path):
+  """check_config_args loads the file for its checks; the flag takes that load."""
+  runs = tmp_path / "runs.txt"
+  config_file = tmp_path / "counting.py"
+  config_file.write_text(
+    "import pathlib\n"
+    "from edsr_jax import config_lib\n"
+    "def get_config(arg=None):\n"
+    f"  with open({str(runs)!r}, 'a') as f:\n"
+    "    f.write(f'{arg}\\n')\n"
+    "  return config_lib.load_config_file('configs/demo.py')\n"
+  )
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "edsr_jax.main",
+      f"--config={config_file}:v1",
+      f"--workdir={tmp_path / 'run'}",
+      "--config.num_train_steps=0",  # refused by validation, after the flags are parsed
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.stderr.strip().splitlines()[-1].startswith("error: config.num_train_steps=0")
+  assert runs.read_text() == "v1\n"
