@@ -360,6 +360,9 @@ def test_ctrl_c_stops_a_compile_at_once(tmp_path):
     text=True,
     cwd=REPO,
     env=env,
+    # Ctrl-C as in a terminal's foreground: a test suite started as a background job (`&`)
+    # hands its children SIGINT ignored, which Python then leaves ignored.
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
   # Past start-up and the topology (however loaded this machine is): compiling EDSR
   # takes a minute or more from the line that says it starts.
