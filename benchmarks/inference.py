@@ -328,7 +328,10 @@ def main() -> None:
   sizes = parse_sizes(args.sizes or (SMOKE_SIZES if args.smoke else DEFAULT_SIZES))
   tile_size = args.tile_size if args.tile_size is not None else (8 if args.smoke else 256)
   blocks, features, res_scale = NETWORKS[network]
-  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+  # The checkout first; what PYTHONPATH already holds (packages installed with --target,
+  # as benchmarks/gpu_check.sh does on a GPU image) stays visible to the children.
+  pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+  env = dict(os.environ, PYTHONPATH=pythonpath, TF_CPP_MIN_LOG_LEVEL="3")
   if args.device == "cpu":
     env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
   on_cpu = args.device == "cpu" or not torch.cuda.is_available()

@@ -301,7 +301,9 @@ def main() -> None:
     action="store_true",
     help="tiny network, batch 4, patch 16, 2 steps: a test in seconds",
   )
-  parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+  parser.add_argument(
+    "--json", default=None, help="also write the rows to this JSON file (after each row)"
+  )
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
@@ -309,7 +311,10 @@ def main() -> None:
     child.answer(CHILDREN[spec["kind"]](spec))
     return
 
-  env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
+  # The checkout first; what PYTHONPATH already holds (packages installed with --target,
+  # as benchmarks/gpu_check.sh does on a GPU image) stays visible to the children.
+  pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+  env = dict(os.environ, PYTHONPATH=pythonpath, TF_CPP_MIN_LOG_LEVEL="3")
   if args.device == "cpu":
     env["JAX_PLATFORMS"] = "cpu"
     env["CUDA_VISIBLE_DEVICES"] = ""
@@ -375,11 +380,23 @@ def main() -> None:
   ]
   results = [{fw: [] for fw in frameworks} for _ in specs]
   versions = {}
+
+  def collect(measured: int) -> list[dict]:
+    rows = []
+    for spec, result in list(zip(specs, results, strict=True))[:measured]:
+      row = {**spec}
+      for fw, outs in result.items():
+        if outs:
+          outs = sorted(outs, key=lambda o: o["steps_per_sec"])
+          row[fw] = {**outs[-1], "rounds": [o["steps_per_sec"] for o in outs]}
+      rows.append(row)
+    return rows
+
   # Rounds go over all rows in turn, so that a slow spell of a shared host spreads over
   # the rows instead of landing on one; each row reports its fastest round (other work on
   # the host only ever slows a measurement down).
   for round_ in range(args.rounds):
-    for spec, result in zip(specs, results, strict=True):
+    for k, (spec, result) in enumerate(zip(specs, results, strict=True)):
       for fw in frameworks:
         out = run_child(fw, spec, env)
         if "error" in out:
@@ -394,14 +411,9 @@ def main() -> None:
         f"{f' (round {round_ + 1} of {args.rounds})' if args.rounds > 1 else ''}",
         flush=True,
       )
-  rows = []
-  for spec, result in zip(specs, results, strict=True):
-    row = {**spec}
-    for fw, outs in result.items():
-      if outs:
-        outs = sorted(outs, key=lambda o: o["steps_per_sec"])
-        row[fw] = {**outs[-1], "rounds": [o["steps_per_sec"] for o in outs]}
-    rows.append(row)
+      if args.json and round_ == 0:  # the rows so far: a run cut short keeps them
+        pathlib.Path(args.json).write_text(json.dumps(collect(k + 1), indent=2))
+  rows = collect(len(specs))
 
   print("\n" + "; ".join(versions.values()))
   header = (
