@@ -11,13 +11,17 @@ import pathlib
 import random
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
+import time
 
 # Imported before the cache variable below is set: this process's own compile counts
 # (count_compiles) must see real compilations.
-import jax  # noqa: F401
+import jax
 import pytest
+
+from edsr_jax import checkpoint, inference
 
 # The CLIs that tests run as subprocesses compile the same tiny networks again and again;
 # a persistent compilation cache shared by them (fresh for each test session) halves
@@ -167,3 +171,96 @@ def fake_slurm(tmp_path):
     (bin_dir / name).chmod(0o755)
   env = {"FAKE_SLURM_LOG": str(log), "FAKE_SLURM_JOB_ID": _free_slurm_job_id()}
   return bin_dir, log, env
+
+
+# ---------------------------------------------------------------- tiny training runs
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+class TinyRuns:
+  """`python -m edsr_jax.main` with a tiny network on two demo photos, as a real
+  subprocess: the runs the CLI tests start, signal, kill, resume and compare."""
+
+  args = [
+    "--config=configs/demo.py",
+    "--config.model.num_blocks=1",
+    "--config.model.num_features=8",
+    "--config.patch_size=16",
+    "--config.batch_size=8",
+    "--config.log_every_steps=1",
+    "--config.eval_every_steps=100000",
+    "--config.data.demo_train_images=('astronaut','rocket')",
+    "--config.data.demo_val_images=('chelsea',)",
+  ]
+
+  def cmd(self, workdir, steps: int, *extra: str) -> list[str]:
+    """The command line; `extra` flags come last and override the tiny ones."""
+    return [
+      sys.executable,
+      "-m",
+      "edsr_jax.main",
+      *self.args,
+      f"--workdir={workdir}",
+      f"--config.num_train_steps={steps}",
+      *extra,
+    ]
+
+  def env(self, devices: int = 1) -> dict[str, str]:
+    return dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices))
+
+  def run(self, cmd: list[str], devices: int = 1, timeout: float = 300):
+    """Runs to the end; it must succeed."""
+    result = subprocess.run(
+      cmd, cwd=_REPO, env=self.env(devices), capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+  def start(self, cmd: list[str], devices: int = 1, **popen) -> subprocess.Popen:
+    """Starts it in the background, stderr piped (to signal or kill it)."""
+    return subprocess.Popen(
+      cmd,
+      cwd=_REPO,
+      env=self.env(devices),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+      **popen,
+    )
+
+  @staticmethod
+  def finished_steps(workdir) -> list[int]:
+    ckpt = checkpoint.checkpoint_dir(workdir)
+    return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.exists() else []
+
+  def wait_for_checkpoint(self, proc: subprocess.Popen, workdir, step: int) -> None:
+    deadline = time.time() + 240
+    while not any(s >= step for s in self.finished_steps(workdir)):
+      assert proc.poll() is None, proc.stderr.read()[-3000:]
+      assert time.time() < deadline, f"no checkpoint {step} within the time limit"
+      time.sleep(0.02)
+
+  @staticmethod
+  def params(workdir, **load):
+    return jax.device_get(inference.load(str(workdir), **load).params)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> TinyRuns:
+  return TinyRuns()
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tiny, tmp_path_factory) -> pathlib.Path:
+  """An uninterrupted 60-step tiny run: what stopped and resumed runs must end equal to
+  (how often a run saves does not change its parameters)."""
+  workdir = tmp_path_factory.mktemp("tiny_reference")
+  tiny.run(tiny.cmd(workdir, 60, "--config.checkpoint_every_steps=60"))
+  return workdir
+
+
+@pytest.fixture
+def compiles():
+  """count_compiles(fn, name): XLA compilations of functions named like `name` in fn()."""
+  return count_compiles

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import count_compiles, read_scalars
 
 from edsr_jax import config_lib, models, train
 
@@ -28,17 +27,17 @@ def tiny_config(steps=6):
   return c
 
 
-def test_writes_metrics_images_config_and_checkpoint(tmp_path):
+def test_writes_metrics_images_config_and_checkpoint(tmp_path, scalars):
   config = tiny_config(6)
   train.train_and_evaluate(config, str(tmp_path))
   for tag in ("train/loss", "train/learning_rate", "steps_per_sec"):
-    assert sorted(read_scalars(tmp_path, tag)) == [2, 4, 6], tag
+    assert sorted(scalars(tmp_path, tag)) == [2, 4, 6], tag
   # Steps 1-6 are before the first decay: the configured rate.
-  assert read_scalars(tmp_path, "train/learning_rate")[6] == pytest.approx(config.learning_rate)
-  psnr = read_scalars(tmp_path, "val/psnr")[6]
-  bicubic = read_scalars(tmp_path, "val/bicubic_psnr")[6]
+  assert scalars(tmp_path, "train/learning_rate")[6] == pytest.approx(config.learning_rate)
+  psnr = scalars(tmp_path, "val/psnr")[6]
+  bicubic = scalars(tmp_path, "val/bicubic_psnr")[6]
   assert 5 < psnr < 60 and 30 < bicubic < 40  # chelsea x2 bicubic is ~35 dB
-  assert 0 < read_scalars(tmp_path, "val/ssim")[6] <= 1
+  assert 0 < scalars(tmp_path, "val/ssim")[6] <= 1
   from tensorboard.backend.event_processing import event_accumulator
 
   acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
@@ -75,9 +74,9 @@ def test_train_step_donates_state_and_reduces_loss():
   assert losses[-1] < losses[0]
 
 
-def test_train_step_compiles_once(tmp_path):
+def test_train_step_compiles_once(tmp_path, compiles):
   for steps in (4, 12):
-    n = count_compiles(
+    n = compiles(
       lambda steps=steps: train.train_and_evaluate(tiny_config(steps), str(tmp_path / str(steps))),
       "train_step",
     )

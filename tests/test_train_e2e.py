@@ -10,12 +10,10 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import read_scalars
 from PIL import Image
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.util import tensor_util
@@ -23,49 +21,27 @@ from tensorboard.util import tensor_util
 from edsr_jax import checkpoint, errors, inference
 
 ROOT = pathlib.Path(__file__).parent.parent
-TINY = [
-  "--config=configs/demo.py",
-  "--config.model.num_blocks=1",
-  "--config.model.num_features=8",
-  "--config.patch_size=16",
+# tiny's run, with a save every 5 steps of which 2 are kept.
+E2E = (
   "--config.batch_size=4",
-  "--config.log_every_steps=1",
   "--config.checkpoint_every_steps=5",
-  "--config.eval_every_steps=1000",
   "--config.max_checkpoints_to_keep=2",
-  "--config.data.demo_val_images=('chelsea',)",
-]
+  "--config.eval_every_steps=1000",
+)
 STEPS = 30
 
 
-def _cmd(workdir, steps):
-  return [
-    sys.executable,
-    "-m",
-    "edsr_jax.main",
-    *TINY,
-    f"--workdir={workdir}",
-    f"--config.num_train_steps={steps}",
-  ]
-
-
-def _env():
-  return dict(os.environ, JAX_PLATFORMS="cpu")
-
-
-def _finished_steps(workdir):
-  ckpt = checkpoint.checkpoint_dir(workdir)
-  if not ckpt.exists():
-    return []
-  return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
-
-
-def test_kill_and_resume_continues_exactly(tmp_path):
+def test_kill_and_resume_continues_exactly(tmp_path, tiny, scalars):
   reference = tmp_path / "reference"
   subprocess.run(
-    _cmd(reference, STEPS), cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=300
+    tiny.cmd(reference, STEPS, *E2E),
+    cwd=ROOT,
+    env=tiny.env(),
+    check=True,
+    capture_output=True,
+    timeout=300,
   )
-  ref_loss = read_scalars(reference, "train/loss")
+  ref_loss = scalars(reference, "train/loss")
   assert sorted(ref_loss) == list(range(1, STEPS + 1))
   assert np.mean([ref_loss[s] for s in range(21, 31)]) < np.mean(
     [ref_loss[s] for s in range(1, 11)]
@@ -74,49 +50,59 @@ def test_kill_and_resume_continues_exactly(tmp_path):
   # Kill a long run with SIGKILL as soon as it has a finished checkpoint at step >= 10.
   workdir = tmp_path / "run"
   proc = subprocess.Popen(
-    _cmd(workdir, 100_000),
+    tiny.cmd(workdir, 100_000, *E2E),
     cwd=ROOT,
-    env=_env(),
+    env=tiny.env(),
     stdout=subprocess.DEVNULL,
     stderr=subprocess.DEVNULL,
   )
   deadline = time.time() + 240
-  while not any(s >= 10 for s in _finished_steps(workdir)):
+  while not any(s >= 10 for s in tiny.finished_steps(workdir)):
     assert proc.poll() is None, "training exited before it could be killed"
     assert time.time() < deadline, "no checkpoint within the time limit"
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=30)
-  resume_from = max(_finished_steps(workdir))
+  resume_from = max(tiny.finished_steps(workdir))
   assert resume_from < STEPS
   first_events = set(workdir.glob("events.out.tfevents.*"))
 
   resumed = subprocess.run(
-    _cmd(workdir, STEPS), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+    tiny.cmd(workdir, STEPS, *E2E),
+    cwd=ROOT,
+    env=tiny.env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"at step {resume_from}" in resumed.stderr
   (new_events,) = set(workdir.glob("events.out.tfevents.*")) - first_events
-  loss = read_scalars(new_events, "train/loss")
+  loss = scalars(new_events, "train/loss")
   # The step count continues where the checkpoint left off ...
   assert sorted(loss) == list(range(resume_from + 1, STEPS + 1))
   # ... and training continues exactly as if it had never stopped.
   for step in loss:
     np.testing.assert_allclose(loss[step], ref_loss[step], rtol=1e-6, err_msg=f"step {step}")
-  assert _finished_steps(workdir)[-1] == STEPS
-  lr = read_scalars(new_events, "train/learning_rate")
-  assert lr[STEPS] == read_scalars(reference, "train/learning_rate")[STEPS]
+  assert tiny.finished_steps(workdir)[-1] == STEPS
+  lr = scalars(new_events, "train/learning_rate")
+  assert lr[STEPS] == scalars(reference, "train/learning_rate")[STEPS]
 
 
-def test_resume_refuses_different_network(tmp_path):
+def test_resume_refuses_different_network(tmp_path, tiny):
   workdir = tmp_path / "run"
   subprocess.run(
-    _cmd(workdir, 5), cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=300
+    tiny.cmd(workdir, 5, *E2E),
+    cwd=ROOT,
+    env=tiny.env(),
+    check=True,
+    capture_output=True,
+    timeout=300,
   )
   other = subprocess.run(
-    _cmd(workdir, 10) + ["--config.model.num_features=16"],
+    tiny.cmd(workdir, 10, *E2E) + ["--config.model.num_features=16"],
     cwd=ROOT,
-    env=_env(),
+    env=tiny.env(),
     capture_output=True,
     text=True,
     timeout=300,
@@ -124,13 +110,18 @@ def test_resume_refuses_different_network(tmp_path):
   assert other.returncode != 0
   assert "holds a checkpoint of a different network" in other.stderr
   assert "model.num_features: checkpoint 8, config 16" in other.stderr
-  assert _finished_steps(workdir) == [5]  # nothing already written is lost
+  assert tiny.finished_steps(workdir) == [5]  # nothing already written is lost
 
 
-def test_corrupt_latest_checkpoint_is_a_clear_error_and_is_kept(tmp_path):
+def test_corrupt_latest_checkpoint_is_a_clear_error_and_is_kept(tmp_path, tiny):
   workdir = tmp_path / "run"
   subprocess.run(
-    _cmd(workdir, 10), cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=300
+    tiny.cmd(workdir, 10, *E2E),
+    cwd=ROOT,
+    env=tiny.env(),
+    check=True,
+    capture_output=True,
+    timeout=300,
   )
   latest = pathlib.Path(checkpoint.checkpoint_dir(workdir)) / "10"
   data_files = [p for p in (latest / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
@@ -138,13 +129,18 @@ def test_corrupt_latest_checkpoint_is_a_clear_error_and_is_kept(tmp_path):
   for p in data_files:
     p.write_bytes(p.read_bytes()[:16])
   result = subprocess.run(
-    _cmd(workdir, 20), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+    tiny.cmd(workdir, 20, *E2E),
+    cwd=ROOT,
+    env=tiny.env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   assert result.returncode != 0
   assert f"error: {latest}: cannot resume from this checkpoint" in result.stderr
   # No traceback through our code (orbax may still print its own asyncio noise at exit).
   assert 'edsr_jax/train.py", line' not in result.stderr
-  assert _finished_steps(workdir) == [5, 10]  # nothing already written is deleted
+  assert tiny.finished_steps(workdir) == [5, 10]  # nothing already written is deleted
 
 
 def _read_only(folder: pathlib.Path):
@@ -166,18 +162,30 @@ def _read_only(folder: pathlib.Path):
   pytest.skip(f"cannot make {folder} read-only here as root (no chattr +i, no bind mounts)")
 
 
-def test_a_failed_save_stops_the_run_at_its_step_and_keeps_earlier_checkpoints(tmp_path):
+def test_a_failed_save_stops_the_run_at_its_step_and_keeps_earlier_checkpoints(
+  tmp_path, tiny, scalars
+):
   workdir = tmp_path / "run"
   subprocess.run(
-    _cmd(workdir, 5), cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=300
+    tiny.cmd(workdir, 5, *E2E),
+    cwd=ROOT,
+    env=tiny.env(),
+    check=True,
+    capture_output=True,
+    timeout=300,
   )
   ckpt = pathlib.Path(checkpoint.checkpoint_dir(workdir))
-  assert _finished_steps(workdir) == [5]
+  assert tiny.finished_steps(workdir) == [5]
   first_events = set(workdir.glob("events.out.tfevents.*"))
   undo = _read_only(ckpt)
   try:
     result = subprocess.run(
-      _cmd(workdir, 30), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+      tiny.cmd(workdir, 30, *E2E),
+      cwd=ROOT,
+      env=tiny.env(),
+      capture_output=True,
+      text=True,
+      timeout=300,
     )
   finally:
     undo()
@@ -190,16 +198,21 @@ def test_a_failed_save_stops_the_run_at_its_step_and_keeps_earlier_checkpoints(t
   assert f"the checkpoints already in {ckpt} are kept" in lines[0]
   # The run stopped at that step: it resumed at 5 and logged steps 6-10, nothing after.
   (events,) = set(workdir.glob("events.out.tfevents.*")) - first_events
-  assert sorted(read_scalars(events, "train/loss")) == list(range(6, 11))
+  assert sorted(scalars(events, "train/loss")) == list(range(6, 11))
   # The checkpoint before it is intact: it loads, and training resumes from it.
-  assert _finished_steps(workdir) == [5]
+  assert tiny.finished_steps(workdir) == [5]
   assert inference.load(workdir).source == str(ckpt / "5")
   resumed = subprocess.run(
-    _cmd(workdir, 10), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+    tiny.cmd(workdir, 10, *E2E),
+    cwd=ROOT,
+    env=tiny.env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "at step 5" in resumed.stderr
-  assert _finished_steps(workdir) == [5, 10]
+  assert tiny.finished_steps(workdir) == [5, 10]
 
 
 def test_a_workdir_where_checkpoints_cannot_be_created_is_a_clear_error(tmp_path):
@@ -233,18 +246,24 @@ def _events(workdir):
   return out
 
 
-def test_training_without_tensorflow_writes_the_same_summaries(tmp_path, without_tensorflow):
+def test_training_without_tensorflow_writes_the_same_summaries(tmp_path, without_tensorflow, tiny):
   """Where TensorFlow is missing (CLU's writer needs it), training warns and writes the
   same scalars and validation images through tensorboard's own event writer."""
-  steps = ["--config.num_train_steps=4", "--config.eval_every_steps=2"]
-  cmd = [sys.executable, "-m", "edsr_jax.main", *TINY, *steps]
+
+  def cmd(name):
+    return tiny.cmd(tmp_path / name, 4, *E2E, "--config.eval_every_steps=2")
+
   with_tf = subprocess.run(
-    [*cmd, f"--workdir={tmp_path / 'clu'}"], cwd=ROOT, env=_env(), capture_output=True, timeout=300
+    cmd("clu"),
+    cwd=ROOT,
+    env=tiny.env(),
+    capture_output=True,
+    timeout=300,
   )
   assert with_tf.returncode == 0, with_tf.stderr[-3000:]
   env = dict(without_tensorflow, JAX_PLATFORMS="cpu")
   no_tf = subprocess.run(
-    [*cmd, f"--workdir={tmp_path / 'no_tf'}"],
+    cmd("no_tf"),
     cwd=ROOT,
     env=env,
     capture_output=True,
