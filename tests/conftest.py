@@ -264,3 +264,21 @@ def tiny_reference(tiny, tmp_path_factory) -> pathlib.Path:
 def compiles():
   """count_compiles(fn, name): XLA compilations of functions named like `name` in fn()."""
   return count_compiles
+
+
+def run_tool(tool: str, *args, cwd=_REPO, env=None, timeout: float = 600):
+  """`python -m edsr_jax.<tool> ARGS` as a real subprocess from `cwd` (output as text)."""
+  return subprocess.run(
+    [sys.executable, "-m", f"edsr_jax.{tool}", *map(str, args)],
+    cwd=cwd,
+    env=dict(os.environ) if env is None else env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+@pytest.fixture(scope="session")
+def cli():
+  """run_tool: a command-line tool of the package as a user runs it."""
+  return run_tool

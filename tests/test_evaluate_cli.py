@@ -2,11 +2,8 @@
 
 import json
 import math
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -50,22 +47,11 @@ def benchmark_dir(shared_data, tmp_path_factory):
   return root
 
 
-def run_evaluate(*args):
-  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-  return subprocess.run(
-    [sys.executable, "-m", "edsr_jax.evaluate", *map(str, args)],
-    cwd=REPO_ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-
-
 @pytest.fixture(scope="module")
-def evaluated(mdsr_run, benchmark_dir, tmp_path_factory):
+def evaluated(mdsr_run, benchmark_dir, tmp_path_factory, cli):
   out = tmp_path_factory.mktemp("evaluate")
-  proc = run_evaluate(
+  proc = cli(
+    "evaluate",
     f"--checkpoint={mdsr_run}",
     f"--benchmark_dir={benchmark_dir}",
     "--datasets=Set5,DIV2K",
@@ -148,9 +134,12 @@ def test_scores_agree_with_score_cli_on_saved_images(
     assert abs(other["psnr"] - results[name]["x2"]["psnr"]) > 1e-3
 
 
-def test_missing_dataset_is_named_with_those_present(benchmark_dir, tmp_path):
-  proc = run_evaluate(
-    f"--checkpoint={tmp_path}", f"--benchmark_dir={benchmark_dir}", "--datasets=Set5,Urban100"
+def test_missing_dataset_is_named_with_those_present(benchmark_dir, tmp_path, cli):
+  proc = cli(
+    "evaluate",
+    f"--checkpoint={tmp_path}",
+    f"--benchmark_dir={benchmark_dir}",
+    "--datasets=Set5,Urban100",
   )
   assert proc.returncode == 1
   assert "Traceback" not in proc.stderr

@@ -1,9 +1,6 @@
 """Tests for `python -m edsr_jax.upscale`, run as a real subprocess on a trained checkpoint."""
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,23 +21,11 @@ def workdir(tmp_path_factory):
   return workdir
 
 
-def run_upscale(*args):
-  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-  return subprocess.run(
-    [sys.executable, "-m", "edsr_jax.upscale", *map(str, args)],
-    cwd=REPO_ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-
-
 def error_lines(proc):
   return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
 
 
-def test_files_folders_modes_and_bad_inputs(workdir, tmp_path):
+def test_files_folders_modes_and_bad_inputs(workdir, tmp_path, cli):
   rng = np.random.default_rng(0)
   folder = tmp_path / "in"
   folder.mkdir()
@@ -56,7 +41,7 @@ def test_files_folders_modes_and_bad_inputs(workdir, tmp_path):
   missing = tmp_path / "nope.png"
   out = tmp_path / "out"
 
-  proc = run_upscale("--checkpoint", workdir, folder, single, missing, f"--output_dir={out}")
+  proc = cli("upscale", "--checkpoint", workdir, folder, single, missing, f"--output_dir={out}")
 
   # The good images are written, the bad inputs are each reported, and the run fails.
   assert proc.returncode == 1, proc.stderr
@@ -85,10 +70,11 @@ def test_files_folders_modes_and_bad_inputs(workdir, tmp_path):
     np.testing.assert_array_equal(written, upscaler.upscale(lr), err_msg=name)
 
 
-def test_self_ensemble_and_tiles(workdir, tmp_path):
+def test_self_ensemble_and_tiles(workdir, tmp_path, cli):
   lr = np.random.default_rng(1).integers(0, 256, (37, 29, 3), dtype=np.uint8)
   Image.fromarray(lr).save(tmp_path / "x.png")
-  proc = run_upscale(
+  proc = cli(
+    "upscale",
     tmp_path / "x.png",
     "--checkpoint",
     workdir / "checkpoints" / "2",
@@ -106,7 +92,7 @@ def test_self_ensemble_and_tiles(workdir, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing_checkpoint", "scale", "same_name", "no_images"])
-def test_usage_errors_stop_before_writing(workdir, tmp_path, case):
+def test_usage_errors_stop_before_writing(workdir, tmp_path, case, cli):
   image = np.zeros((8, 8, 3), np.uint8)
   (tmp_path / "a").mkdir()
   (tmp_path / "b").mkdir()
@@ -119,7 +105,7 @@ def test_usage_errors_stop_before_writing(workdir, tmp_path, case):
     case, [tmp_path / "a"]
   )
   scale = ["--scale=3"] if case == "scale" else []
-  proc = run_upscale(f"--checkpoint={checkpoint}", f"--output_dir={out}", *scale, *inputs)
+  proc = cli("upscale", f"--checkpoint={checkpoint}", f"--output_dir={out}", *scale, *inputs)
   assert proc.returncode == 1
   assert "Traceback" not in proc.stderr
   errors = error_lines(proc)
