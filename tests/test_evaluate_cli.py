@@ -22,7 +22,7 @@ def mdsr_run(tmp_path_factory):
   """A tiny MDSR (x2, x3, x4) trained for two steps: enough to check plumbing, not quality."""
   workdir = tmp_path_factory.mktemp("mdsr")
   config = config_lib.runlocal(config_lib.base_config())
-  config.model.name = "mdsr"
+  config.model.name, config.model.scales = "mdsr", (2, 3, 4)
   config.model.num_blocks, config.model.num_features = 1, 8
   config.num_train_steps = config.checkpoint_every_steps = config.eval_every_steps = 2
   train.train_and_evaluate(config, str(workdir))

@@ -40,7 +40,7 @@ def random_upscaler(name="edsr", scale=2, num_blocks=1, num_features=8, seed=0):
   """An Upscaler with random weights and random (non-zero) biases, so every path counts."""
   config = config_lib.base_config()
   config.model.name = name
-  config.model.scales = (scale,)
+  config.model.scales = (scale,) if name == "edsr" else (2, 3, 4)  # MDSR: every branch
   config.model.num_blocks = num_blocks
   config.model.num_features = num_features
   model = models.create_model(config.model)
