@@ -416,6 +416,8 @@ def check_config_args(
   names the closest existing one. Values are checked by absl when it parses them.
   """
   argv = list(argv)
+  if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+    return argv  # the usage needs no config
   value = _flag_value(argv, name)
   if value is None and default is not None:
     value = default

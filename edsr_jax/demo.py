@@ -8,6 +8,7 @@ Prints PSNR/SSIM of the model and of bicubic upscaling on the held-out images an
 
 import functools
 import json
+import pathlib
 
 import jax
 import numpy as np
@@ -17,7 +18,8 @@ from etils import epath
 from edsr_jax import cli, config_lib, data, image_io, inference, metrics, models, train
 
 FLAGS = flags.FLAGS
-DEFAULT_CONFIG = "configs/demo.py"
+# The checkout's configs/demo.py, whatever the current folder (console script edsr-demo).
+DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.py")
 
 
 def report(config, state, workdir: epath.Path) -> dict:
