@@ -61,7 +61,7 @@ format: $(VENV)/.test
 	$(VENV)/bin/ruff format .
 
 test: lint
-	$(VENV)/bin/python -m pytest -m "not slow" --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not slow" -n auto --dist=loadfile --durations=15 $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.test
 	$(VENV)/bin/python -m pytest -m slow $(PYTEST_ARGS)
