@@ -187,7 +187,7 @@ def check_same_model(saved_config, config, where: str) -> None:
   if diff:
     raise errors.ConfigError(
       f"{where} holds a checkpoint of a different network ({'; '.join(diff)}); "
-      "use another --workdir or the same model config"
+      "use another workdir or the same model config"
     )
 
 

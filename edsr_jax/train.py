@@ -333,7 +333,7 @@ def _train(config, workdir, scales, sampler, val_images) -> TrainState:
     if start_step >= config.num_train_steps:
       logging.warning(
         "nothing to train: already at step %d >= num_train_steps=%d (checkpoints in %s); "
-        "raise --config.num_train_steps to train longer",
+        "raise config.num_train_steps to train longer",
         start_step,
         config.num_train_steps,
         manager.directory,

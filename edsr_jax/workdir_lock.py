@@ -301,7 +301,7 @@ def _busy_message(workdir, path, info: dict | None, why: str) -> str:
   return (
     f"workdir {workdir} is in use by another training run: {holder}; {why}. One workdir "
     f"holds one run at a time: wait for that run to finish, stop it, or use another "
-    f"--workdir. If that run is no longer running, remove its lock: rm {path}"
+    f"workdir. If that run is no longer running, remove its lock: rm {path}"
   )
 
 

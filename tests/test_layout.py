@@ -7,6 +7,7 @@ module, at module level or inside a function, is an edge of the import graph.
 import ast
 import os
 import pathlib
+import re
 
 import pytest
 
@@ -154,3 +155,30 @@ def test_no_two_module_names_differ_by_a_suffix():
     for b in names[i + 1 :]:
       common = len(os.path.commonprefix([a, b]))
       assert common < min(len(a), len(b)) - 1, f"{a}.py and {b}.py"
+
+
+def test_library_messages_name_no_command_line_flag():
+  """A flag belongs to the tool that defines it: library code names the value (a folder,
+  a config key) and the tool that reads the flag adds the flag's name to the message."""
+  tools = {n for n, p in MODULES.items() if re.search(r"^def _define_flags", p.read_text(), re.M)}
+  # cli runs the tools; config_lib checks the --config flag's arguments for them.
+  library = set(MODULES) - tools - {"cli", "config_lib"}
+  assert {"checkpoint", "train", "data", "inference", "workdir_lock"} <= library
+  found = []
+  for name in sorted(library):
+    tree = ast.parse(MODULES[name].read_text())
+    docstrings = {
+      id(node.body[0].value)
+      for node in ast.walk(tree)
+      if isinstance(node, ast.Module | ast.FunctionDef | ast.ClassDef)
+      and node.body
+      and isinstance(node.body[0], ast.Expr)
+    }
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        if id(node) not in docstrings:
+          found += [
+            f"{name}.py:{node.lineno}: {f}"
+            for f in re.findall(r"(?<![\w-])--[a-z][\w.]*", node.value)
+          ]
+  assert not found, found
