@@ -861,8 +861,8 @@ def _define_flags():
   config_lib.define_config_flag()
   flags.DEFINE_bool("max_batch", False, "Find the largest global batch that fits.")
   flags.DEFINE_bool("inference", True, "Also compile the inference forward for a DIV2K tile.")
-  flags.DEFINE_string("output_json", None, "Write the report to this JSON file.")
-  flags.DEFINE_string("dump_hlo", None, "Write the compiled train step's HLO to this file.")
+  cli.DEFINE_path("output_json", None, "Write the report to this JSON file.")
+  cli.DEFINE_path("dump_hlo", None, "Write the compiled train step's HLO to this file.")
   flags.mark_flags_as_required(["config"])
 
 

@@ -31,14 +31,15 @@ CHECKPOINT_SUBDIR = "checkpoints"
 
 
 def absolute(path: str | os.PathLike) -> epath.Path:
-  """A user's path as orbax needs it: relative to the current directory made absolute.
-
-  `scheme://` paths (gs://bucket/...) are kept as they are.
-  """
+  """A user's path as orbax needs it: `~` expanded, relative to the current directory
+  made absolute; `scheme://` paths (gs://bucket/...) are kept as they are. An empty path
+  is a CheckpointError."""
   path = os.fspath(path)
+  if not path.strip():  # never the current directory by accident (an unset variable)
+    raise errors.CheckpointError("an empty path: name a folder")
   if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path):
     return epath.Path(path)
-  return epath.Path(os.path.abspath(path))
+  return epath.Path(os.path.abspath(os.path.expanduser(path)))
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:

@@ -104,6 +104,31 @@ def _exit_keeping_sigint(status: int) -> None:
   os._exit(status)
 
 
+# The flags this module defines for a tool (DEFINE_path) are that tool's, as if it had
+# defined them itself: absl attributes them to the first module up the stack not disclaimed.
+flags.disclaim_key_flags()
+
+
+class _PathParser(flags.ArgumentParser):
+  """A path flag's value: `~` expanded (a shell leaves `--workdir=~/x` as it is), and never
+  empty (an unset shell variable would otherwise mean the current folder)."""
+
+  def parse(self, argument: str) -> str:
+    if not argument.strip():
+      raise ValueError("empty (an unset shell variable?): give a path")
+    return os.path.expanduser(argument)
+
+  def flag_type(self) -> str:
+    return "path"
+
+
+def DEFINE_path(name: str, default: str | None, help_string: str, **kwargs) -> None:  # noqa: N802
+  """A string flag that names a file or folder (see _PathParser)."""
+  flags.DEFINE(
+    _PathParser(), name, default, help_string, serializer=flags.ArgumentSerializer(), **kwargs
+  )
+
+
 def _parse_flags(check_args: Callable[[list[str]], list[str]] | None):
   """absl's flag parsing with every failure as one `error:` line and exit status 1."""
 

@@ -68,7 +68,7 @@ def main(argv):
 
 
 def _define_flags() -> None:
-  flags.DEFINE_string("workdir", "runs/demo", "Directory for checkpoints, logs and pictures.")
+  cli.DEFINE_path("workdir", "runs/demo", "Directory for checkpoints, logs and pictures.")
   config_lib.define_config_flag(help_string=f"Config file (default {DEFAULT_CONFIG}).")
 
 

@@ -42,15 +42,15 @@ DIV2K = "DIV2K"
 
 def _define_flags() -> None:
   # Defined only when run as a program, so importing this module defines no flags.
-  flags.DEFINE_string(
+  cli.DEFINE_path(
     "checkpoint", None, "Training workdir or checkpoint step directory.", required=True
   )
-  flags.DEFINE_string(
+  cli.DEFINE_path(
     "benchmark_dir",
     None,
     "Folder holding the datasets (not needed for DIV2K read through --tfds_data_dir).",
   )
-  flags.DEFINE_string(
+  cli.DEFINE_path(
     "tfds_data_dir",
     None,
     "Read DIV2K's validation split from TFDS "
@@ -59,8 +59,8 @@ def _define_flags() -> None:
   flags.DEFINE_list("datasets", list(DEFAULT_DATASETS), "Datasets to score (folder names).")
   flags.DEFINE_list("scales", None, "Scales to score; default all the model serves.")
   flags.DEFINE_bool("self_ensemble", False, "Average the 8 flips/transposes (the '+' rows).")
-  flags.DEFINE_string("output_json", None, "Optional path of a JSON summary.")
-  flags.DEFINE_string("save_images", None, "Optional folder for the SR images.")
+  cli.DEFINE_path("output_json", None, "Optional path of a JSON summary.")
+  cli.DEFINE_path("save_images", None, "Optional folder for the SR images.")
   flags.DEFINE_integer(
     "tile_size", None, "Tile side in LR pixels; default automatic.", lower_bound=0
   )

@@ -35,10 +35,10 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-  flags.DEFINE_string(
+  cli.DEFINE_path(
     "checkpoint", None, "Training workdir or checkpoint step directory.", required=True
   )
-  flags.DEFINE_string("output", None, "Folder to write (a new workdir).", required=True)
+  cli.DEFINE_path("output", None, "Folder to write (a new workdir).", required=True)
   flags.DEFINE_bool(
     "use_ema",
     None,

@@ -42,8 +42,8 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
   # Defined only when run as a program, so importing this module cannot collide with other
   # absl flags (the training script has its own --config.model.scales and so on).
-  flags.DEFINE_string("input", None, "The PyTorch .pt state_dict to import.", required=True)
-  flags.DEFINE_string("output", None, "Workdir to write the checkpoint into.", required=True)
+  cli.DEFINE_path("input", None, "The PyTorch .pt state_dict to import.", required=True)
+  cli.DEFINE_path("output", None, "Workdir to write the checkpoint into.", required=True)
   flags.DEFINE_enum("model", None, ["edsr", "mdsr"], "Expected network (default: detected).")
   flags.DEFINE_integer("scale", None, "Expected EDSR scale (default: detected).")
   flags.DEFINE_list(

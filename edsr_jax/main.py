@@ -83,7 +83,7 @@ def main(argv):
 
 
 def _define_flags() -> None:
-  flags.DEFINE_string("workdir", None, "Directory for checkpoints and TensorBoard logs.")
+  cli.DEFINE_path("workdir", None, "Directory for checkpoints and TensorBoard logs.")
   config_lib.define_config_flag()
   flags.DEFINE_string(
     "coordinator_address", None, "HOST:PORT of process 0, for multi-process runs outside Cloud TPU."

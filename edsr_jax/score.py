@@ -43,8 +43,8 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
   # Defined only when run as a program, so importing this module (tests, notebooks, a
   # training script with its own --scale) cannot collide with other absl flags.
-  flags.DEFINE_string("hr_dir", None, "Folder of ground-truth HR images.", required=True)
-  flags.DEFINE_string("sr_dir", None, "Folder of super-resolved images.", required=True)
+  cli.DEFINE_path("hr_dir", None, "Folder of ground-truth HR images.", required=True)
+  cli.DEFINE_path("sr_dir", None, "Folder of super-resolved images.", required=True)
   flags.DEFINE_integer(
     "scale", None, "Upscaling factor (sets the border).", lower_bound=1, required=True
   )
@@ -59,7 +59,7 @@ def _define_flags() -> None:
     list(metrics.CONVENTIONS),
     "benchmark: Y PSNR/SSIM, border=scale. div2k: RGB PSNR, Y SSIM, border=scale+6.",
   )
-  flags.DEFINE_string("output_json", None, "Optional path of a JSON summary.")
+  cli.DEFINE_path("output_json", None, "Optional path of a JSON summary.")
 
 
 def find_pairs(

@@ -227,8 +227,8 @@ def _define_flags() -> None:
   flags.DEFINE_list(
     "name", ["div2k/bicubic_x2"], "div2k configs, e.g. div2k/bicubic_x2,div2k/bicubic_x3"
   )
-  flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's own).")
-  flags.DEFINE_string(
+  cli.DEFINE_path("data_dir", None, "TFDS data dir (default: TFDS's own).")
+  cli.DEFINE_path(
     "manual_dir", None, "Folder with the official DIV2K zips; without it they are downloaded."
   )
 

@@ -278,6 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   through JAX's preemption sync: every process saves the same step and raises Preempted.
   """
   config_lib.validate(config, jax.device_count())
+  if not str(workdir).strip():  # an unset variable must not mean the current directory
+    raise errors.UserError("the workdir is empty: name the folder for checkpoints and logs")
   workdir = checkpoint.absolute(workdir)  # relative to the current directory; gs:// as is
   is_chief = jax.process_index() == 0
   scales = models.model_scales(config.model)

@@ -37,10 +37,10 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   # Defined only when run as a program, so importing this module defines no flags.
-  flags.DEFINE_string(
+  cli.DEFINE_path(
     "checkpoint", None, "Training workdir or checkpoint step directory.", required=True
   )
-  flags.DEFINE_string("output_dir", None, "Folder for the upscaled PNGs.", required=True)
+  cli.DEFINE_path("output_dir", None, "Folder for the upscaled PNGs.", required=True)
   flags.DEFINE_integer("scale", None, "Upscaling factor; optional for a one-scale model.")
   flags.DEFINE_bool(
     "self_ensemble", False, "Average the 8 flips/transposes of each input (slower, ~+0.1 dB)."

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import skimage.data
 
 from edsr_jax import image_io
@@ -95,3 +96,69 @@ def test_tools_take_paths_relative_to_the_current_directory(tmp_path):
   )
   scored = json.loads((tmp_path / "scores" / "score.json").read_text())
   np.testing.assert_allclose(scored["psnr"], evaluated["psnr"], rtol=0, atol=1e-9)
+
+
+# An empty path (an unset shell variable: --workdir=$WORKDIR) is an error naming the flag,
+# never the current directory.
+EMPTY_PATH_CASES = [
+  ("main", ["--config=configs/demo.py", "--workdir="], "--workdir"),
+  ("demo", ["--workdir="], "--workdir"),
+  ("upscale", ["--checkpoint=", "--output_dir=out", "photo.png"], "--checkpoint"),
+  ("upscale", ["--checkpoint=pretrained/edsr_291_x2", "--output_dir=", "p.png"], "--output_dir"),
+  ("evaluate", ["--checkpoint=pretrained/edsr_291_x2", "--benchmark_dir= "], "--benchmark_dir"),
+  ("export", ["--checkpoint=pretrained/edsr_291_x2", "--output="], "--output"),
+  ("import_torch", ["--input=", "--output=out"], "--input"),
+  ("score", ["--hr_dir=hr", "--sr_dir=", "--scale=2"], "--sr_dir"),
+]
+
+
+def test_an_empty_path_is_an_error_naming_its_flag():
+  procs = [
+    (tool, flag, subprocess.Popen(
+      [sys.executable, "-m", f"edsr_jax.{tool}", *args],
+      cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True,
+    ))
+    for tool, args, flag in EMPTY_PATH_CASES
+  ]  # fmt: skip
+  before = sorted(p.name for p in ROOT.iterdir())
+  for tool, flag, proc in procs:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, f"{tool}: {err[-2000:]}"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: flag {flag}=") and "empty" in last, f"{tool}: {last}"
+    assert "Traceback" not in err
+  assert sorted(p.name for p in ROOT.iterdir()) == before  # nothing written where it ran
+
+
+def test_library_calls_refuse_an_empty_path_too():
+  from edsr_jax import config_lib, errors, inference, train
+
+  with pytest.raises(errors.CheckpointError, match="an empty path"):
+    inference.load("")
+  config = config_lib.load_config_file(ROOT / "configs" / "demo.py")
+  with pytest.raises(errors.UserError, match="the workdir is empty"):
+    train.train_and_evaluate(config, " ")
+
+
+def test_a_tilde_in_a_path_flag_is_the_home_folder(tmp_path):
+  """`--output_dir=~/sr`: no shell expands a `~` after `=`; the tools do."""
+  image_io.write_image(tmp_path / "photo.png", skimage.data.astronaut()[::8, ::8])
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "edsr_jax.upscale",
+      f"--checkpoint={ROOT}/pretrained/edsr_291_x2",
+      "--output_dir=~/sr",
+      "photo.png",
+    ],
+    cwd=tmp_path,
+    env=dict(os.environ, JAX_PLATFORMS="cpu", HOME=str(tmp_path / "home")),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert (tmp_path / "home" / "sr" / "photo_x2_SR.png").is_file()
+  assert not (tmp_path / "~").exists()
