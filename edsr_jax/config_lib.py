@@ -167,7 +167,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     "data.max_val_images",
   ):
     positive_int(key)
-  need(isinstance(config.seed, int), "seed", "an integer")
+  need(
+    isinstance(config.seed, int) and not isinstance(config.seed, bool) and 0 <= config.seed < 2**32,
+    "seed",
+    "an integer in [0, 2**32)",  # what NumPy's and JAX's generators take without wrapping
+  )
   need(config.num_image_summaries >= 0, "num_image_summaries", "an integer >= 0")
   for key in ("learning_rate", "adam_eps"):
     v = config[key]

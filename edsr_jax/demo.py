@@ -7,7 +7,6 @@ Prints PSNR/SSIM of the model and of bicubic upscaling on the held-out images an
 """
 
 import functools
-import json
 import pathlib
 
 import jax
@@ -53,7 +52,7 @@ def report(config, state, workdir: epath.Path) -> dict:
   ]
   image_io.write_image(workdir / "comparison.png", np.concatenate(strips, axis=0))
   results = {"scale": scale, **means, "per_image": per_image}
-  (workdir / "demo_results.json").write_text(json.dumps(results, indent=2))
+  (workdir / "demo_results.json").write_text(metrics.json_text(results))
   print(f"wrote {workdir / 'comparison.png'} and {workdir / 'demo_results.json'}")
   print(f"TensorBoard: tensorboard --logdir {workdir}")
   return results

@@ -27,7 +27,6 @@ Problems with the inputs end the run with a one-line message and exit status 1.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import time
 
@@ -255,7 +254,7 @@ def evaluate_from_flags() -> dict:
     out = pathlib.Path(FLAGS.output_json)
     try:
       out.parent.mkdir(parents=True, exist_ok=True)
-      out.write_text(json.dumps(results, indent=2) + "\n")
+      out.write_text(metrics.json_text(results))
     except OSError as e:
       raise errors.UserError(f"cannot write --output_json {out}: {e}") from None
   return results

@@ -35,6 +35,7 @@ Conventions, taken from the MATLAB scripts behind the EDSR/RCAN tables:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 
@@ -331,3 +332,20 @@ def comparison_strip(
   for k, text in enumerate(("LR", "bicubic", "model", "ground truth")):
     draw.text((k * (c + 4) + 2, 1), text, fill="black")
   return np.concatenate([np.asarray(header), row], axis=0)
+
+
+def json_text(value) -> str:
+  """`value` as JSON that any parser reads. JSON has no Infinity or NaN: a non-finite
+  float (the PSNR of an SR image equal to its HR image is infinite) is written as the
+  string "inf", "-inf" or "nan", which `float()` reads back."""
+
+  def finite(v):
+    if isinstance(v, float) and not math.isfinite(v):
+      return str(v)
+    if isinstance(v, dict):
+      return {k: finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+      return [finite(x) for x in v]
+    return v
+
+  return json.dumps(finite(value), indent=2, allow_nan=False) + "\n"

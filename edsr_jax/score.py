@@ -21,14 +21,13 @@ the scores are defined on 8-bit images.
 Prints a per-image table and the mean; --output_json writes
 {"psnr": mean, "ssim": mean, "scale", "convention", "num_images", "per_image":
 [{"name", "psnr", "ssim"}, ...]}. A PSNR of identical images is infinite and is written
-as `Infinity` (read back by Python's json). Input problems (missing folder or SR file,
-unreadable image, size mismatch) end the run with a one-line message naming the file
-and exit status 1.
+as the string "inf" (JSON has no infinity; `float()` reads it back). Input problems
+(missing folder or SR file, unreadable image, size mismatch) end the run with a one-line
+message naming the file and exit status 1.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 
@@ -139,7 +138,7 @@ def main(argv: list[str]) -> None:
   if FLAGS.output_json:
     out = pathlib.Path(FLAGS.output_json)
     try:
-      out.write_text(json.dumps(summary, indent=2) + "\n")
+      out.write_text(metrics.json_text(summary))
     except OSError as e:
       raise errors.UserError(f"cannot write --output_json {out}: {errors.one_line(e)}") from e
   if math.isinf(summary["psnr"]):

@@ -112,6 +112,8 @@ def _demo():
     ("model.scales", (5,), r"config.model.scales=\(5,\) is invalid: allowed a non-empty"),
     ("model.scales", (2, 3), r"config.model.scales=\(2, 3\) is invalid: allowed one scale for"),
     ("learning_rate", -1e-4, r"config.learning_rate=-0.0001 is invalid: allowed a finite"),
+    ("seed", -1, r"config.seed=-1 is invalid: allowed an integer in \[0, 2\*\*32\)"),
+    ("seed", 2**32, r"config.seed=4294967296 is invalid: allowed an integer in \[0, 2"),
     ("model.name", "srcnn", r"config.model.name='srcnn' is invalid: allowed one of"),
     ("data.source", "ftp", r"config.data.source='ftp' is invalid: allowed one of"),
     ("num_train_steps", 0, r"config.num_train_steps=0 is invalid: allowed a positive"),

@@ -143,8 +143,13 @@ def test_cli_identical_images_give_infinity(dirs, tmp_path):
   out = tmp_path / "s.json"
   proc = run_score(f"--hr_dir={hr_dir}", f"--sr_dir={sr_dir}", "--scale=2", f"--output_json={out}")
   assert proc.returncode == 0, proc.stderr
-  summary = json.loads(out.read_text())
-  assert summary["psnr"] == math.inf and summary["ssim"] == pytest.approx(1.0)
+
+  def no_infinity(name):
+    raise AssertionError(f"{name} in {out}: not JSON")
+
+  summary = json.loads(out.read_text(), parse_constant=no_infinity)  # as a strict parser
+  assert summary["psnr"] == "inf" and float(summary["psnr"]) == math.inf
+  assert summary["per_image"][0]["psnr"] == "inf" and summary["ssim"] == pytest.approx(1.0)
 
 
 # --- errors: one line, the file named, non-zero exit -----------------------------------
