@@ -42,6 +42,8 @@ import tempfile
 import time
 import zipfile
 
+import harness  # benchmarks/, the folder of this script
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MIB = 1 << 20
 
@@ -603,7 +605,7 @@ def cmd_machine(args) -> None:
     "python": sys.version.split()[0],
     "executable": sys.executable,
     "host": platform.node(),
-    "cpu": _cpu_model(),
+    "cpu": harness.cpu_model(),
     "cpus": os.cpu_count(),
     "versions": _versions(),
     "jax": jax.__version__,
@@ -639,16 +641,6 @@ def cmd_machine(args) -> None:
   write_json(args.json, result)
   for key, value in result.items():
     print(f"  {key}: {value}")
-
-
-def _cpu_model() -> str:
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def _nvidia_smi() -> dict:

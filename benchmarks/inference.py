@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 
-import child
+import harness
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -67,18 +67,6 @@ def _status_bytes(key: str, path: str = "/proc/self/status") -> int | None:
   except OSError:
     pass
   return None
-
-
-def cpu_model() -> str:
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  import platform
-
-  return platform.processor() or platform.machine()
 
 
 def parse_sizes(text: str) -> list[tuple[int, int, int]]:
@@ -274,7 +262,7 @@ CHILDREN = {"ours": ours_child, "official": official_child}
 
 
 def run_child(kind: str, spec: dict, env: dict) -> dict:
-  result = child.run(__file__, {"kind": kind, **spec}, env, ROOT)
+  result = harness.run(__file__, {"kind": kind, **spec}, env, ROOT)
   return result
 
 
@@ -315,7 +303,7 @@ def main() -> None:
   args = parser.parse_args()
   if args.child:
     spec = json.loads(args.child)
-    child.answer(CHILDREN[spec["kind"]](spec))
+    harness.answer(CHILDREN[spec["kind"]](spec))
     return
 
   import numpy as np
@@ -336,7 +324,7 @@ def main() -> None:
     env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
   on_cpu = args.device == "cpu" or not torch.cuda.is_available()
   print(
-    f"host: {cpu_model()}, {os.cpu_count()} CPUs; EDSR {network} ({blocks} blocks, "
+    f"host: {harness.cpu_model()}, {os.cpu_count()} CPUs; EDSR {network} ({blocks} blocks, "
     f"{features} features), random weights; {args.dtype}; time = best of {args.repeats} "
     f"run(s) after a warm-up",
     flush=True,

@@ -31,7 +31,7 @@ import os
 import pathlib
 import time
 
-import child
+import harness
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -160,7 +160,7 @@ def main() -> None:
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    child.answer(measure(json.loads(args.child)))
+    harness.answer(measure(json.loads(args.child)))
     return
 
   budget = args.budget_s or (15.0 if args.quick else 30.0)
@@ -197,7 +197,7 @@ def main() -> None:
       checkpoint=args.checkpoint,
       save=save,
     )
-    r = child.run(__file__, spec, env, REPO_ROOT)
+    r = harness.run(__file__, spec, env, REPO_ROOT)
     if "error" in r:
       print(f"{label:<13} failed ({r['error']})")
       continue

@@ -38,11 +38,10 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import sys
 import time
 
-import child
+import harness
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -55,16 +54,6 @@ NETWORKS = {
 }
 SCALE = 2
 DTYPES = ("float32", "bfloat16")
-
-
-def cpu_model() -> str:
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def peak_rss_bytes() -> int | None:
@@ -238,7 +227,7 @@ CHILDREN = {"jax": jax_child, "torch": torch_child, "probe": probe_child}
 
 
 def run_child(kind: str, spec: dict, env: dict) -> dict:
-  result = child.run(__file__, {"kind": kind, **spec}, env, ROOT)
+  result = harness.run(__file__, {"kind": kind, **spec}, env, ROOT)
   if "error" in result:
     return {"error": f"{kind} failed ({result['error']})"}
   return result
@@ -308,7 +297,7 @@ def main() -> None:
   args = parser.parse_args()
   if args.child:
     spec = json.loads(args.child)
-    child.answer(CHILDREN[spec["kind"]](spec))
+    harness.answer(CHILDREN[spec["kind"]](spec))
     return
 
   # The checkout first; what PYTHONPATH already holds (packages installed with --target,
@@ -353,7 +342,7 @@ def main() -> None:
   if "torch" in frameworks:
     torch_device = "cpu" if env.get("CUDA_VISIBLE_DEVICES") == "" else probe["torch"]
   print(
-    f"host: {cpu_model()}, {os.cpu_count()} CPUs; JAX backend {probe['jax']} "
+    f"host: {harness.cpu_model()}, {os.cpu_count()} CPUs; JAX backend {probe['jax']} "
     f"({probe['jax_device']}); PyTorch device {torch_device}",
     flush=True,
   )

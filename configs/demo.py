@@ -51,4 +51,5 @@ def get_config(arg: str | None = None):
   c.log_every_steps = 50
   c.eval_every_steps = 500
   c.checkpoint_every_steps = 500
-  return config_lib.finalize(c, arg)
+  _, words = config_lib.variant(arg, scales=())
+  return config_lib.runlocal(c) if "runlocal" in words else c

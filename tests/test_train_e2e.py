@@ -10,7 +10,6 @@ import os
 import pathlib
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -33,14 +32,7 @@ STEPS = 30
 
 def test_kill_and_resume_continues_exactly(tmp_path, tiny, scalars):
   reference = tmp_path / "reference"
-  subprocess.run(
-    tiny.cmd(reference, STEPS, *E2E),
-    cwd=ROOT,
-    env=tiny.env(),
-    check=True,
-    capture_output=True,
-    timeout=300,
-  )
+  tiny.run(tiny.cmd(reference, STEPS, *E2E))
   ref_loss = scalars(reference, "train/loss")
   assert sorted(ref_loss) == list(range(1, STEPS + 1))
   assert np.mean([ref_loss[s] for s in range(21, 31)]) < np.mean(
@@ -49,33 +41,15 @@ def test_kill_and_resume_continues_exactly(tmp_path, tiny, scalars):
 
   # Kill a long run with SIGKILL as soon as it has a finished checkpoint at step >= 10.
   workdir = tmp_path / "run"
-  proc = subprocess.Popen(
-    tiny.cmd(workdir, 100_000, *E2E),
-    cwd=ROOT,
-    env=tiny.env(),
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
-  deadline = time.time() + 240
-  while not any(s >= 10 for s in tiny.finished_steps(workdir)):
-    assert proc.poll() is None, "training exited before it could be killed"
-    assert time.time() < deadline, "no checkpoint within the time limit"
-    time.sleep(0.05)
+  proc = tiny.start(tiny.cmd(workdir, 100_000, *E2E))
+  tiny.wait_for_checkpoint(proc, workdir, 10)
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=30)
   resume_from = max(tiny.finished_steps(workdir))
   assert resume_from < STEPS
   first_events = set(workdir.glob("events.out.tfevents.*"))
 
-  resumed = subprocess.run(
-    tiny.cmd(workdir, STEPS, *E2E),
-    cwd=ROOT,
-    env=tiny.env(),
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  resumed = tiny.run(tiny.cmd(workdir, STEPS, *E2E))
   assert f"at step {resume_from}" in resumed.stderr
   (new_events,) = set(workdir.glob("events.out.tfevents.*")) - first_events
   loss = scalars(new_events, "train/loss")
@@ -91,22 +65,8 @@ def test_kill_and_resume_continues_exactly(tmp_path, tiny, scalars):
 
 def test_resume_refuses_different_network(tmp_path, tiny):
   workdir = tmp_path / "run"
-  subprocess.run(
-    tiny.cmd(workdir, 5, *E2E),
-    cwd=ROOT,
-    env=tiny.env(),
-    check=True,
-    capture_output=True,
-    timeout=300,
-  )
-  other = subprocess.run(
-    tiny.cmd(workdir, 10, *E2E) + ["--config.model.num_features=16"],
-    cwd=ROOT,
-    env=tiny.env(),
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  tiny.run(tiny.cmd(workdir, 5, *E2E))
+  other = tiny.run(tiny.cmd(workdir, 10, *E2E) + ["--config.model.num_features=16"], check=False)
   assert other.returncode != 0
   assert "holds a checkpoint of a different network" in other.stderr
   assert "model.num_features: checkpoint 8, config 16" in other.stderr
@@ -115,27 +75,13 @@ def test_resume_refuses_different_network(tmp_path, tiny):
 
 def test_corrupt_latest_checkpoint_is_a_clear_error_and_is_kept(tmp_path, tiny):
   workdir = tmp_path / "run"
-  subprocess.run(
-    tiny.cmd(workdir, 10, *E2E),
-    cwd=ROOT,
-    env=tiny.env(),
-    check=True,
-    capture_output=True,
-    timeout=300,
-  )
+  tiny.run(tiny.cmd(workdir, 10, *E2E))
   latest = pathlib.Path(checkpoint.checkpoint_dir(workdir)) / "10"
   data_files = [p for p in (latest / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
   assert data_files
   for p in data_files:
     p.write_bytes(p.read_bytes()[:16])
-  result = subprocess.run(
-    tiny.cmd(workdir, 20, *E2E),
-    cwd=ROOT,
-    env=tiny.env(),
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  result = tiny.run(tiny.cmd(workdir, 20, *E2E), check=False)
   assert result.returncode != 0
   assert f"error: {latest}: cannot resume from this checkpoint" in result.stderr
   # No traceback through our code (orbax may still print its own asyncio noise at exit).
@@ -166,27 +112,13 @@ def test_a_failed_save_stops_the_run_at_its_step_and_keeps_earlier_checkpoints(
   tmp_path, tiny, scalars
 ):
   workdir = tmp_path / "run"
-  subprocess.run(
-    tiny.cmd(workdir, 5, *E2E),
-    cwd=ROOT,
-    env=tiny.env(),
-    check=True,
-    capture_output=True,
-    timeout=300,
-  )
+  tiny.run(tiny.cmd(workdir, 5, *E2E))
   ckpt = pathlib.Path(checkpoint.checkpoint_dir(workdir))
   assert tiny.finished_steps(workdir) == [5]
   first_events = set(workdir.glob("events.out.tfevents.*"))
   undo = _read_only(ckpt)
   try:
-    result = subprocess.run(
-      tiny.cmd(workdir, 30, *E2E),
-      cwd=ROOT,
-      env=tiny.env(),
-      capture_output=True,
-      text=True,
-      timeout=300,
-    )
+    result = tiny.run(tiny.cmd(workdir, 30, *E2E), check=False)
   finally:
     undo()
   # One line naming the step directory and the cause, no traceback, a failed exit status.
@@ -202,15 +134,7 @@ def test_a_failed_save_stops_the_run_at_its_step_and_keeps_earlier_checkpoints(
   # The checkpoint before it is intact: it loads, and training resumes from it.
   assert tiny.finished_steps(workdir) == [5]
   assert inference.load(workdir).source == str(ckpt / "5")
-  resumed = subprocess.run(
-    tiny.cmd(workdir, 10, *E2E),
-    cwd=ROOT,
-    env=tiny.env(),
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  resumed = tiny.run(tiny.cmd(workdir, 10, *E2E))
   assert "at step 5" in resumed.stderr
   assert tiny.finished_steps(workdir) == [5, 10]
 
@@ -253,24 +177,8 @@ def test_training_without_tensorflow_writes_the_same_summaries(tmp_path, without
   def cmd(name):
     return tiny.cmd(tmp_path / name, 4, *E2E, "--config.eval_every_steps=2")
 
-  with_tf = subprocess.run(
-    cmd("clu"),
-    cwd=ROOT,
-    env=tiny.env(),
-    capture_output=True,
-    timeout=300,
-  )
-  assert with_tf.returncode == 0, with_tf.stderr[-3000:]
-  env = dict(without_tensorflow, JAX_PLATFORMS="cpu")
-  no_tf = subprocess.run(
-    cmd("no_tf"),
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert no_tf.returncode == 0, no_tf.stderr[-3000:]
+  tiny.run(cmd("clu"))
+  no_tf = tiny.run(cmd("no_tf"), env=dict(without_tensorflow, JAX_PLATFORMS="cpu"))
   assert "CLU's summary writer cannot be imported (No module named 'tensorflow')" in no_tf.stderr
   assert "Traceback" not in no_tf.stderr
   ours, clu = _events(tmp_path / "no_tf"), _events(tmp_path / "clu")

@@ -1,8 +1,11 @@
-"""Each benchmark measurement runs in a process of its own: memory peaks are per row, and
-JAX's GPU memory preallocation cannot starve PyTorch. The parent runs `SCRIPT --child
-SPEC` (`run`); the child answers with one `RESULT <json>` line on stdout (`answer`)."""
+"""What the benchmarks share: the machine they ran on (`cpu_model`), and measurements in
+processes of their own, so that memory peaks are per row and JAX's GPU memory
+preallocation cannot starve PyTorch. The parent runs `SCRIPT --child SPEC` (`run`); the
+child answers with one `RESULT <json>` line on stdout (`answer`)."""
 
 import json
+import pathlib
+import platform
 import subprocess
 import sys
 
@@ -27,3 +30,14 @@ def run(script, spec: dict, env: dict, cwd) -> dict:
 
 def answer(result: dict) -> None:
   print(PREFIX + json.dumps(result), flush=True)
+
+
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo), else what `platform` says."""
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
