@@ -13,7 +13,12 @@
   message as the last line and exits with status 75 (EX_TEMPFAIL: run the same command
   again to resume);
 - Ctrl-C that reaches Python as KeyboardInterrupt (a second Ctrl-C during training, or
-  one before training or in another tool) stops at once with one line and status 130.
+  one before training or in another tool) stops at once with one line and status 130;
+- SIGTERM (a scheduler, `kill`) raises `errors.Terminated` in the main thread, so that
+  cleanup clauses run (no temporary file is left behind), then the tool stops with one
+  line and status 143; training turns it into `Preempted` (75) itself;
+- running out of memory (XLA's RESOURCE_EXHAUSTED) that `main` did not explain itself is
+  one `error:` line too, naming what to lower.
 Any other exception is a bug and keeps its traceback.
 """
 
@@ -93,6 +98,14 @@ def _stop_interrupted(*_, saved: bool = False) -> None:
   os._exit(EX_INTERRUPTED)
 
 
+EX_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process stopped by `kill`
+
+
+def _raise_terminated(signum, frame) -> None:
+  del frame
+  raise errors.Terminated(signal.Signals(signum).name)
+
+
 def _exit_keeping_sigint(status: int) -> None:
   """Exits with `status` after the atexit handlers (JAX's multi-process shutdown, log
   flushing), but without the interpreter's teardown: Python gives SIGINT back to the
@@ -159,9 +172,15 @@ def run(
 
   def main_reporting_user_errors(argv: list[str]) -> int | None:
     quiet_library_logs()
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, _raise_terminated)
     try:
       try:
         return main(argv)
+      except errors.Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        log("stopped by SIGTERM; nothing half-written was left behind")
+        _exit_keeping_sigint(EX_TERMINATED)
       except errors.Preempted as e:
         log(str(e))
         if threading.current_thread() is not threading.main_thread():
@@ -171,6 +190,14 @@ def run(
         _exit_keeping_sigint(EX_TEMPFAIL)
       except (errors.UserError, app.UsageError) as e:
         log_error(errors.one_line(e))
+        return 1
+      except Exception as e:
+        if not errors.out_of_memory(e):
+          raise
+        log_error(
+          f"out of memory: {errors.one_line(e)[:200]}; use less memory (a smaller "
+          "batch_size or patch_size, smaller images or tiles) or a device with more"
+        )
         return 1
     except KeyboardInterrupt:
       _stop_interrupted()

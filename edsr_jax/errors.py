@@ -50,13 +50,45 @@ class Preempted(Exception):
 
   `step` is the step saved, `checkpoint` its directory and `signal_name` the signal
   ('SIGTERM', 'SIGINT'). Running the same training again resumes from that checkpoint.
+  `checkpoint` None: stopped during start-up (loading data, restoring, compiling), before
+  a step ran, so there was nothing new to save; `step` is the step it would resume from.
   """
 
   def __init__(self, signal_name: str, step: int, checkpoint):
-    super().__init__(
-      f"stopped by {signal_name} at step {step}: saved {checkpoint}; run the same command to resume"
-    )
+    if checkpoint is None:
+      message = (
+        f"stopped by {signal_name} during start-up, before training step {step}: nothing "
+        "new to save; run the same command to resume"
+      )
+    else:
+      message = (
+        f"stopped by {signal_name} at step {step}: saved {checkpoint}; run the same command "
+        "to resume"
+      )
+    super().__init__(message)
     self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+
+
+class Terminated(BaseException):
+  """SIGTERM reached a command-line tool (`edsr_jax.cli.run` raises it in the main thread).
+
+  A BaseException, as KeyboardInterrupt is, so that `except Exception` does not swallow
+  it while `finally` and cleanup clauses still run: temporary files are removed on the
+  way out. The tool then exits with status 143 (128 + SIGTERM), or 75 for training.
+  """
+
+
+def out_of_memory(error: BaseException) -> bool:
+  """Whether `error` (or what caused it) is an accelerator or host allocation failure:
+  XLA's RESOURCE_EXHAUSTED, which JAX raises as a JaxRuntimeError, or a MemoryError."""
+  while error is not None:
+    if isinstance(error, MemoryError):
+      return True
+    text = str(error)
+    if "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text:
+      return type(error).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def one_line(error: BaseException, *, innermost: bool = False) -> str:
