@@ -869,7 +869,7 @@ def _define_flags():
 def run() -> None:
   """`edsr-aot` (a console script, pyproject.toml) = `python -m edsr_jax.aot`."""
   _define_flags()
-  cli.run(main, config_lib.check_config_args)
+  cli.run(main, config_lib.check_config_args, start_jax_first=False)
 
 
 if __name__ == "__main__":

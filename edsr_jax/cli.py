@@ -106,6 +106,20 @@ def _raise_terminated(signum, frame) -> None:
   raise errors.Terminated(signal.Signals(signum).name)
 
 
+def _exit_after_error() -> None:
+  """Exit status 1 with the error line as the last line of stderr, every time.
+
+  Library threads may still be at work when an error surfaces (orbax reads in flight
+  when a checkpoint turns out to be corrupt) and would log their own failures after it;
+  stderr is closed to them, then the process exits as `_exit_keeping_sigint` does."""
+  sys.stderr.flush()
+  if threading.current_thread() is not threading.main_thread():
+    sys.exit(1)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, sys.stderr.fileno())
+  _exit_keeping_sigint(1)
+
+
 def _exit_keeping_sigint(status: int) -> None:
   """Exits with `status` after the atexit handlers (JAX's multi-process shutdown, log
   flushing), but without the interpreter's teardown: Python gives SIGINT back to the
@@ -142,6 +156,33 @@ def DEFINE_path(name: str, default: str | None, help_string: str, **kwargs) -> N
   )
 
 
+# What decides which devices JAX starts, as a user may have set it.
+_JAX_SETTINGS = (
+  "JAX_PLATFORMS",
+  "JAX_NUM_CPU_DEVICES",
+  "CUDA_VISIBLE_DEVICES",
+  "TPU_VISIBLE_CHIPS",
+)
+
+
+def start_jax() -> None:
+  """Starts JAX's devices now, so that a backend that cannot start (JAX_PLATFORMS naming
+  one not installed, JAX_NUM_CPU_DEVICES=0) is reported as that, in one line, and not
+  later as whatever first touched a device (reading a checkpoint, say)."""
+  import jax
+
+  try:
+    jax.devices()
+  except (RuntimeError, AssertionError) as e:  # JAX_PLATFORMS=cuda without CUDA: a bare assert
+    settings = ", ".join(f"{k}={os.environ[k]!r}" for k in _JAX_SETTINGS if k in os.environ)
+    raise errors.UserError(
+      f"JAX cannot start its devices{f' ({settings})' if settings else ''}: "
+      f"{errors.one_line(e) if str(e) else 'that backend is not installed'}; unset "
+      "JAX_PLATFORMS to use the devices this machine has (or install the backend it names, "
+      "e.g. jax[cuda12]); JAX_NUM_CPU_DEVICES must be at least 1"
+    ) from None
+
+
 def _parse_flags(check_args: Callable[[list[str]], list[str]] | None):
   """absl's flag parsing with every failure as one `error:` line and exit status 1."""
 
@@ -162,12 +203,15 @@ def _parse_flags(check_args: Callable[[list[str]], list[str]] | None):
 def run(
   main: Callable[[list[str]], int | None],
   check_args: Callable[[list[str]], list[str]] | None = None,
+  start_jax_first: bool = True,
 ) -> None:
   """Parses the absl flags and runs `main(argv)`; its return value is the exit status.
 
   `check_args(argv)`, if given, runs before the flags are parsed, raises a UserError for
   a problem it finds and returns the arguments to parse (the config file flags:
-  `config_lib.check_config_args`).
+  `config_lib.check_config_args`). Unless `start_jax_first` is False (training connects
+  its processes before JAX may start, then calls `start_jax` itself), JAX's devices are
+  started before `main` when the tool uses JAX.
   """
 
   def main_reporting_user_errors(argv: list[str]) -> int | None:
@@ -176,6 +220,8 @@ def run(
       signal.signal(signal.SIGTERM, _raise_terminated)
     try:
       try:
+        if start_jax_first and "jax" in sys.modules:
+          start_jax()
         return main(argv)
       except errors.Terminated:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -190,7 +236,7 @@ def run(
         _exit_keeping_sigint(EX_TEMPFAIL)
       except (errors.UserError, app.UsageError) as e:
         log_error(errors.one_line(e))
-        return 1
+        _exit_after_error()
       except Exception as e:
         if not errors.out_of_memory(e):
           raise
@@ -198,7 +244,7 @@ def run(
           f"out of memory: {errors.one_line(e)[:200]}; use less memory (a smaller "
           "batch_size or patch_size, smaller images or tiles) or a device with more"
         )
-        return 1
+        _exit_after_error()
     except KeyboardInterrupt:
       _stop_interrupted()
 

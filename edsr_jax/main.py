@@ -71,6 +71,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   initialize_distributed()
+  cli.start_jax()
   logging.info(
     "process %d of %d, %d local devices of %d",
     jax.process_index(),
@@ -103,7 +104,7 @@ def _define_flags() -> None:
 def run() -> None:
   """`edsr-train` (a console script, pyproject.toml) = `python -m edsr_jax.main`."""
   _define_flags()
-  cli.run(main, config_lib.check_config_args)
+  cli.run(main, config_lib.check_config_args, start_jax_first=False)
 
 
 if __name__ == "__main__":
