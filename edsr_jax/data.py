@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 import jax
 import numpy as np
 import skimage.data
+from absl import logging
 
 from edsr_jax import errors, image_io, tfds_data
 from edsr_jax.image_io import SRImages
@@ -173,19 +174,38 @@ def _read_pair_cached(layout: FolderLayout, hr_file: pathlib.Path, scales, cache
     **{s: f"{hr_file.stem}-{key}-x{s}.npy" for s in scales},
   }
   paths = {k: pathlib.Path(cache_dir) / v for k, v in names.items()}
-  if not all(p.exists() for p in paths.values()):
-    hr, lrs = _read_pair(layout, hr_file, scales)
-    for k, array in [("hr", hr), *lrs.items()]:
-      tmp = paths[k].with_suffix(f".tmp{os.getpid()}.npy")
-      try:
-        np.save(tmp, array)
-        tmp.replace(paths[k])  # atomic: a killed run never leaves a half-written entry
-      except OSError as e:
-        with contextlib.suppress(OSError):
-          tmp.unlink()
-        raise _cache_error(cache_dir, e) from None
+  if all(p.exists() for p in paths.values()):
+    try:
+      load = functools.partial(np.load, mmap_mode="r")
+      hr, lrs = load(paths["hr"]), {s: load(paths[s]) for s in scales}
+      for s, lr in lrs.items():
+        if hr.dtype != np.uint8 or hr.ndim != 3 or lr.shape != (*_lr_shape(hr, s), 3):
+          raise ValueError(f"arrays of shapes {hr.shape} and {lr.shape} ({hr.dtype})")
+      return hr, lrs
+    except (OSError, ValueError, EOFError) as e:
+      # Damaged (a disk error, an edit, a copy cut short): decode the image again.
+      logging.warning(
+        "config.data.cache_dir: %s is damaged (%s); decoding %s again",
+        paths["hr"].parent,
+        errors.one_line(e),
+        hr_file,
+      )
+  hr, lrs = _read_pair(layout, hr_file, scales)
+  for k, array in [("hr", hr), *lrs.items()]:
+    tmp = paths[k].with_suffix(f".tmp{os.getpid()}.npy")
+    try:
+      np.save(tmp, array)
+      tmp.replace(paths[k])  # atomic: a killed run never leaves a half-written entry
+    except OSError as e:
+      with contextlib.suppress(OSError):
+        tmp.unlink()
+      raise _cache_error(cache_dir, e) from None
   load = functools.partial(np.load, mmap_mode="r")
   return load(paths["hr"]), {s: load(paths[s]) for s in scales}
+
+
+def _lr_shape(hr: np.ndarray, scale: int) -> tuple[int, int]:
+  return hr.shape[0] // scale, hr.shape[1] // scale
 
 
 def _cache_error(cache_dir, error: OSError) -> errors.ConfigError:

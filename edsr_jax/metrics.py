@@ -282,6 +282,28 @@ def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
   return imresize(lr, float(scale))
 
 
+def border_for(scale: int, convention: str) -> int:
+  """Pixels removed from each side before scoring (see `evaluate_pair`)."""
+  return scale + 6 if convention == "div2k" else scale
+
+
+def check_scorable(images: SRImages, scale: int, convention: str, what: str = "image") -> None:
+  """Refuses images too small to score at `scale`: once cropped to a multiple of the
+  scale and shaved of the border, SSIM's window must fit. Checked before work starts
+  (training validates at its first eval step: too late to find out)."""
+  need = _SSIM_SIZE + 2 * border_for(scale, convention)
+  for i, name in enumerate(images.names):
+    lr = images.lr[scale][i]
+    h, w = lr.shape[0] * scale, lr.shape[1] * scale
+    if min(h, w) < need:
+      raise errors.ImageError(
+        f"{what} {name}: {w}x{h} pixels at x{scale} (its LR is {lr.shape[1]}x{lr.shape[0]}) "
+        f"is too small to score: SSIM's {_SSIM_SIZE}x{_SSIM_SIZE} window needs at least "
+        f"{need}x{need} after removing the {border_for(scale, convention)}-pixel border "
+        f"({convention} convention); remove it or use a larger image"
+      )
+
+
 def score(
   upscaler,
   images: SRImages,
@@ -298,6 +320,7 @@ def score(
   of per_image has those and the image's name. `each(row, lr, bicubic, sr, hr)` is
   called after each image (uint8 arrays), to report progress, save or draw it.
   """
+  check_scorable(images, scale, convention)
   per_image = []
   for i, name in enumerate(images.names):
     lr, hr = images.pair(i, scale)

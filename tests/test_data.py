@@ -215,6 +215,27 @@ def test_memory_mapped_cache_gives_the_same_images_and_batches(tmp_path):
   np.testing.assert_array_equal(edited.hr[0], _read(hr_dir / "0.png"))
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other_shape"])
+def test_a_damaged_cache_entry_is_decoded_again_with_a_warning(tmp_path, damage, caplog):
+  hr_dir, cache = tmp_path / "hr", tmp_path / "cache"
+  _save(hr_dir / "a.png", _rgb(60, 48))
+  data.load_folder(hr_dir, [2], cache_dir=str(cache))
+  (entry,) = cache.glob("*-x2.npy")
+  if damage == "truncated":
+    entry.write_bytes(entry.read_bytes()[:200])
+  elif damage == "garbage":
+    entry.write_bytes(b"not a numpy file at all")
+  else:
+    np.save(entry, np.zeros((5, 5, 3), np.uint8))
+  with caplog.at_level("WARNING"):
+    images = data.load_folder(hr_dir, [2], cache_dir=str(cache))
+  assert "is damaged" in caplog.text and "a.png" in caplog.text
+  np.testing.assert_array_equal(images.lr[2][0], data.bicubic_lr(_read(hr_dir / "a.png"), 2))
+  caplog.clear()
+  data.load_folder(hr_dir, [2], cache_dir=str(cache))  # repaired: no warning now
+  assert "is damaged" not in caplog.text
+
+
 SIZES = [(70, 90), (96, 64), (81, 77), (64, 100)]  # HR (h, w); some not multiples of s
 
 
