@@ -193,7 +193,8 @@ def check_same_model(saved_config, config, where: str) -> None:
 
 
 def resume(manager: ocp.CheckpointManager, state, config):
-  """`state` restored from the latest checkpoint, which must hold `config`'s network.
+  """(`state` restored from the latest checkpoint, which must hold `config`'s network;
+  the config saved with that checkpoint).
 
   A checkpoint that cannot be read is an error naming it; it is kept, so that it can be
   moved aside to resume from the one before. An EMA of the parameters is restored with
@@ -220,10 +221,10 @@ def resume(manager: ocp.CheckpointManager, state, config):
       if restored.has_ema
       else "the EMA of the parameters starts here, from the resumed parameters",
     )
-    return restored.with_ema(config.ema_decay)
+    return restored.with_ema(config.ema_decay), saved_config
   if restored.has_ema:  # the same average, updated with this run's decay from now on
     restored = restored.replace(ema_decay=float(config.ema_decay))
-  return restored
+  return restored, saved_config
 
 
 def _unreadable(step_dir, directory, error) -> errors.CheckpointError:
@@ -284,6 +285,13 @@ def find_step_dir(path: str | os.PathLike) -> epath.Path:
   path = absolute(path)
   if not path.exists():
     raise errors.CheckpointError(f"{path}: no such file or directory")
+  # A path inside a step (`.../checkpoints/6/state`, a file in it): that step.
+  for parent in path.parents:
+    if parent.name.isdigit() and parent.parent.name == CHECKPOINT_SUBDIR:
+      if (parent / "state").is_dir() or (parent / "config").is_dir():
+        logging.info("%s is inside checkpoint %s: reading that checkpoint", path, parent)
+        path = parent
+      break
   if not path.is_dir():
     raise errors.CheckpointError(
       f"{path}: not a directory (expected a training workdir or a checkpoint step directory)"
@@ -414,8 +422,9 @@ def load_params(path: str | os.PathLike, use_ema: bool | None = None) -> Restore
   return Restored(config, params, step_dir, ema)
 
 
-def transfer_params(source, target, where: str):
-  """`target` with every parameter but the upsamplers copied from `source`.
+def transfer_params(source, target, where: str, upsampler: bool = False):
+  """`target` with every parameter but the upsamplers (all, with `upsampler`) copied
+  from `source`.
 
   The paper initialises x3/x4 EDSR from the trained x2 network this way. A parameter
   that is missing from `source` or has another shape there is an error: the two networks
@@ -426,7 +435,7 @@ def transfer_params(source, target, where: str):
 
   def pick(path, value):
     name = jax.tree_util.keystr(path)
-    if str(path[0].key).startswith("upsample"):
+    if str(path[0].key).startswith("upsample") and not upsampler:
       return value
     if path not in flat_source:
       missing.append(name)
@@ -445,10 +454,21 @@ def transfer_params(source, target, where: str):
   return out
 
 
-def init_from(state, path: str, tx, mesh):
-  """`state` with another run's parameters (all but the upsampler) and fresh Adam state."""
-  source = load_params(path).params
-  params = transfer_params(jax.device_get(source), jax.device_get(state.params), path)
+def init_from(state, path: str, tx, mesh, scales=None):
+  """`state` with another run's parameters and fresh Adam state: all of them when that
+  run's network serves the same `scales` (fine-tuning, e.g. from exported weights), all
+  but the upsampler otherwise (the paper's x2 -> x3/x4 initialisation)."""
+  restored = load_params(path)
+  same = scales is not None and tuple(models.model_scales(restored.config.model)) == tuple(scales)
+  params = transfer_params(
+    jax.device_get(restored.params), jax.device_get(state.params), path, upsampler=same
+  )
+  logging.info(
+    "initialised %s from %s (step %d)",
+    "all parameters" if same else "all but the upsampler",
+    path,
+    restored.step,
+  )
   params = jax.device_put(params, NamedSharding(mesh, P()))
   state = state.replace(params=params, opt_state=tx.init(params))
   return state.with_ema(state.ema_decay if state.has_ema else 0.0)  # an EMA starts at them too

@@ -50,15 +50,15 @@ class Preempted(Exception):
 
   `step` is the step saved, `checkpoint` its directory and `signal_name` the signal
   ('SIGTERM', 'SIGINT'). Running the same training again resumes from that checkpoint.
-  `checkpoint` None: stopped during start-up (loading data, restoring, compiling), before
-  a step ran, so there was nothing new to save; `step` is the step it would resume from.
+  `step` and `checkpoint` None: stopped during start-up (loading data, restoring,
+  compiling), before a step ran, so there was nothing new to save.
   """
 
-  def __init__(self, signal_name: str, step: int, checkpoint):
+  def __init__(self, signal_name: str, step: int | None, checkpoint):
     if checkpoint is None:
       message = (
-        f"stopped by {signal_name} during start-up, before training step {step}: nothing "
-        "new to save; run the same command to resume"
+        f"stopped by {signal_name} during start-up (loading data, restoring or compiling): "
+        "nothing new to save; run the same command to resume"
       )
     else:
       message = (

@@ -19,6 +19,8 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from edsr_jax import errors
+
 try:  # optional: without it (and without TensorFlow) summaries are only logged
   from tensorboard.compat.proto import event_pb2, summary_pb2
   from tensorboard.plugins.image import metadata as image_metadata
@@ -35,15 +37,57 @@ FALLBACK_WARNING = (
 
 
 def create_writer(workdir, *, is_chief: bool):
-  """CLU's default writer, or `EventWriter` where CLU or TensorFlow cannot be imported."""
+  """CLU's default writer, or `EventWriter` where CLU or TensorFlow cannot be imported,
+  as a `CheckedWriter`."""
   try:
     # Deferred: CLU's writers import TensorFlow (seconds), or fail where it is missing.
     from clu import metric_writers
   except ImportError as e:
     if is_chief:
       logging.warning(FALLBACK_WARNING.format(error=e))
-    return EventWriter(workdir if is_chief else None)
-  return metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    return CheckedWriter(EventWriter(workdir if is_chief else None), workdir)
+  return CheckedWriter(
+    metric_writers.create_default_writer(workdir, just_logging=not is_chief), workdir
+  )
+
+
+class SummaryError(errors.UserError):
+  """The file system refused TensorBoard summaries (a full or read-only disk)."""
+
+
+class CheckedWriter:
+  """A writer whose failures to write (a full disk) are a `SummaryError` naming the folder
+  and the reason, raised by the call that finds out (CLU's writers are asynchronous: the
+  next write or `flush`), instead of a traceback or, on closing, nothing at all."""
+
+  def __init__(self, writer, logdir):
+    self._writer, self._logdir = writer, logdir
+
+  def _checked(self, method, *args):
+    try:
+      return getattr(self._writer, method)(*args)
+    except Exception as e:
+      from edsr_jax import checkpoint  # deferred: orbax is not needed to write summaries
+
+      reason = checkpoint.os_error(e)
+      if reason is None:
+        raise
+      raise SummaryError(f"cannot write TensorBoard summaries to {self._logdir}: {reason}") from e
+
+  def write_scalars(self, step, scalars):
+    self._checked("write_scalars", step, scalars)
+
+  def write_images(self, step, images):
+    self._checked("write_images", step, images)
+
+  def write_hparams(self, hparams):
+    self._checked("write_hparams", hparams)
+
+  def flush(self):
+    self._checked("flush")
+
+  def close(self):
+    self._checked("close")
 
 
 def report_progress(*, num_train_steps: int, writer, every_steps: int):

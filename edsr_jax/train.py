@@ -8,6 +8,8 @@ all-reduce. The loop never waits on the device except to fetch logged metrics ev
 
 import contextlib
 import functools
+import json
+import os
 import signal
 import threading
 from typing import Any, ClassVar
@@ -265,51 +267,152 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   The config and the data are checked first, before anything is written. The run then
   holds the workdir's lock (`edsr_jax.workdir_lock`; a busy workdir raises
-  `WorkdirBusyError`), released when this function returns or raises.
+  `WorkdirBusyError`), released when this function returns or raises. A workdir that
+  holds exported or imported weights (`export.json`) is refused: new checkpoints would
+  rotate them out; fine-tune from them with `config.init_from` into a new workdir.
+  Resuming with a config that differs in anything but bookkeeping (batch size, learning
+  rate, seed...) logs each difference and records it in `<workdir>/config_changes.jsonl`.
 
   Stopping early: in a single process, SIGTERM and a first Ctrl-C (SIGINT) let the step
   in flight finish, save a checkpoint of that step and raise `errors.Preempted` (its
   `step` and `checkpoint` say what was saved; calling this again with the same config
   and workdir resumes there, bitwise as if never stopped). It is raised rather than
   returned so that what follows the call (in a notebook cell, a script) does not run on
-  an unfinished model; the command-line tools turn it into exit status 75. A second
-  Ctrl-C raises KeyboardInterrupt at once, without saving. The previous SIGTERM and
-  SIGINT handlers are restored before returning. With several processes, SIGTERM goes
-  through JAX's preemption sync: every process saves the same step and raises Preempted.
+  an unfinished model; the command-line tools turn it into exit status 75. SIGTERM during
+  start-up (loading data, restoring, compiling) raises `Preempted` with `checkpoint`
+  None at once: nothing new to save. A second Ctrl-C raises KeyboardInterrupt at once,
+  without saving. The previous SIGTERM and SIGINT handlers are restored before
+  returning. With several processes, SIGTERM goes through JAX's preemption sync: every
+  process saves the same step and raises Preempted.
+
+  Running out of memory (a train step, validation) raises a UserError naming what to lower.
   """
   config_lib.validate(config, jax.device_count())
   if not str(workdir).strip():  # an unset variable must not mean the current directory
     raise errors.UserError("the workdir is empty: name the folder for checkpoints and logs")
   workdir = checkpoint.absolute(workdir)  # relative to the current directory; gs:// as is
+  refuse_weights_folder(workdir)
   is_chief = jax.process_index() == 0
   scales = models.model_scales(config.model)
+  preemption = PreemptionWatch()
+  try:
+    # Data first: a bad folder or a patch larger than an image fails before anything is
+    # written or compiled.
+    train_images = data.load_train_images(config, scales)
+    sampler = data.PatchSampler(
+      train_images,
+      scales=scales,
+      patch_size=config.patch_size,
+      global_batch=config.batch_size,
+      seed=config.seed,
+      augment=config.augment,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+    val_images = data.load_val_images(config, scales)
+    if val_images is not None:
+      for s in scales:
+        metrics.check_scorable(val_images, s, config.data.val_convention, "validation image")
+    logging.info(
+      "training images: %d; validation images: %d",
+      len(train_images),
+      0 if val_images is None else len(val_images),
+    )
+    with workdir_lock.acquire(workdir, is_chief=is_chief):
+      if workdir_lock.is_remote(workdir):
+        workdir.mkdir(parents=True, exist_ok=True)
+      return _train(config, workdir, scales, sampler, val_images, preemption)
+  except errors.Terminated as e:
+    if preemption.armed:  # after start-up: a SIGTERM while exiting, not a preemption
+      raise
+    raise errors.Preempted(str(e) or "SIGTERM", None, None) from None
+  finally:
+    preemption.close()  # SIGTERM and SIGINT back to their previous handlers
 
-  # Data first: a bad folder or a patch larger than an image fails before anything is
-  # written or compiled.
-  train_images = data.load_train_images(config, scales)
-  sampler = data.PatchSampler(
-    train_images,
-    scales=scales,
-    patch_size=config.patch_size,
-    global_batch=config.batch_size,
-    seed=config.seed,
-    augment=config.augment,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
+
+def refuse_weights_folder(workdir) -> None:
+  """Refuses to train in a folder of exported or imported weights (`export.json` beside
+  its checkpoints): new checkpoints would rotate its weights out."""
+  record = workdir / checkpoint.EXPORT_RECORD
+  if record.exists():
+    raise errors.CheckpointError(
+      f"{workdir} holds exported or imported weights ({record.name}); training there would "
+      f"replace them as new checkpoints rotate in. Fine-tune from them into a new folder: "
+      f"--config.init_from={workdir} --workdir=<a new folder>"
+    )
+
+
+# Config keys that change how a run is logged and saved, not what it trains: changing
+# them on resume is routine (num_train_steps: train longer).
+BOOKKEEPING_KEYS = frozenset(
+  {
+    "num_train_steps",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "max_checkpoints_to_keep",
+    "num_image_summaries",
+    "prefetch_batches",
+    "max_nonfinite_steps",
+    "init_from",  # read only when a run starts
+    "data.cache_dir",
+    "data.tfds_data_dir",
+    "data.tfds_manual_dir",
+    "data.max_val_images",
+  }
+)
+
+
+def record_config_changes(saved_config, config, workdir, step: int) -> None:
+  """Logs each training setting that differs from the checkpoint's config and appends
+  them to `<workdir>/config_changes.jsonl` (one JSON line per resume that changed any)."""
+  saved, now = config_lib.flatten(saved_config), config_lib.flatten(config)
+  changes = {
+    k: [_plain(saved.get(k)), _plain(now.get(k))]
+    for k in sorted(set(saved) | set(now))
+    if k not in BOOKKEEPING_KEYS and _plain(saved.get(k)) != _plain(now.get(k))
+  }
+  if not changes:
+    return
+  for key, (old, new) in changes.items():
+    logging.warning(
+      "resuming at step %d with config.%s=%r (the checkpoint had %r)", step, key, new, old
+    )
+  history = workdir / "config_changes.jsonl"
+  logging.warning("these changes are recorded in %s", history)
+  if jax.process_index() == 0:
+    try:
+      with history.open("a") as f:
+        f.write(json.dumps({"step": step, "changes": changes}) + "\n")
+    except OSError as e:
+      raise errors.CheckpointError(f"cannot write {history}: {errors.one_line(e)}") from e
+
+
+def _plain(value):
+  """A config value as JSON has it (tuples and lists compare equal)."""
+  return json.loads(json.dumps(value, default=str))
+
+
+def _saved(manager) -> str:
+  latest = manager.latest_step()
+  return (
+    "no checkpoint saved yet" if latest is None else f"checkpoints up to step {latest} are kept"
   )
-  val_images = data.load_val_images(config, scales)
-  logging.info(
-    "training images: %d; validation images: %d",
-    len(train_images),
-    0 if val_images is None else len(val_images),
+
+
+def _out_of_memory(config, what: str, error, saved: str = "") -> errors.UserError:
+  m = config.model
+  saved = f"; {saved}" if saved else ""
+  return errors.UserError(
+    f"out of memory {what} ({errors.one_line(error)[:160]}): config.batch_size="
+    f"{config.batch_size}, config.patch_size={config.patch_size}, model {m.name} with "
+    f"{m.num_blocks} blocks of {m.num_features} features on {jax.device_count()} "
+    f"{jax.devices()[0].platform} device(s); lower config.batch_size or config.patch_size "
+    f"(or use more devices){saved}"
   )
-  with workdir_lock.acquire(workdir, is_chief=is_chief):
-    if workdir_lock.is_remote(workdir):
-      workdir.mkdir(parents=True, exist_ok=True)
-    return _train(config, workdir, scales, sampler, val_images)
 
 
-def _train(config, workdir, scales, sampler, val_images) -> TrainState:
+def _train(config, workdir, scales, sampler, val_images, preemption) -> TrainState:
   is_chief = jax.process_index() == 0
   with contextlib.ExitStack() as cleanup:  # closes what is opened below, on every way out
     manager = checkpoint.make_manager(workdir, config.max_checkpoints_to_keep)
@@ -323,14 +426,14 @@ def _train(config, workdir, scales, sampler, val_images) -> TrainState:
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info("model %s: %d parameters", config.model.name, num_params)
     if manager.latest_step() is not None:
-      state = checkpoint.resume(manager, state, config)
+      state, saved_config = checkpoint.resume(manager, state, config)
       logging.info("resumed from %s at step %d", manager.directory, int(state.step))
+      record_config_changes(saved_config, config, workdir, int(state.step))
     elif config.init_from:
       try:
-        state = checkpoint.init_from(state, config.init_from, tx, mesh)
+        state = checkpoint.init_from(state, config.init_from, tx, mesh, scales)
       except errors.CheckpointError as e:
         raise errors.CheckpointError(f"config.init_from={config.init_from!r}: {e}") from None
-      logging.info("initialised all but the upsampler from %s", config.init_from)
     start_step = int(state.step)
     if start_step >= config.num_train_steps:
       logging.warning(
@@ -342,17 +445,28 @@ def _train(config, workdir, scales, sampler, val_images) -> TrainState:
       )
       return state
 
+    # Compiled now, during start-up: a SIGTERM while compiling stops at once (nothing to
+    # save), and a program that does not fit in memory fails before anything is written.
+    step_fn = make_train_step(model, tx, mesh)
+    # MDSR: the scales its next steps draw (a rare other one compiles when drawn).
+    ahead = range(start_step, min(config.num_train_steps, start_step + 64))
+    drawn = sorted({data.scale_for_step(config.seed, k, scales) for k in ahead})
+    try:
+      compiled = {
+        s: step_fn.lower(state, batch_shapes(config, mesh, s), scale=s).compile() for s in drawn
+      }
+    except Exception as e:
+      if errors.out_of_memory(e):
+        raise _out_of_memory(config, "compiling the train step", e) from None
+      raise
+
     if is_chief:
-      config_file = workdir / "config.json"
-      try:
-        config_file.write_text(config.to_json(indent=2))
-      except OSError as e:
-        raise errors.CheckpointError(f"cannot write {config_file}: {errors.one_line(e)}") from e
+      _write_atomically(workdir / "config.json", config.to_json(indent=2))
 
     # Created once the data and the checkpoint are known to be good: CLU's writers import
     # TensorFlow (seconds).
     writer = summaries.create_writer(workdir, is_chief=is_chief)
-    cleanup.callback(writer.close)
+    cleanup.push(functools.partial(_close_writer, writer))
     if start_step == 0:
       writer.write_hparams(
         {
@@ -365,12 +479,9 @@ def _train(config, workdir, scales, sampler, val_images) -> TrainState:
       num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps
     )
 
-    step_fn = make_train_step(model, tx, mesh)
     # Validation runs the network as inference does (tiled: bounded memory on large images)
     # with the current parameters, set before each use (the state is donated to each step).
     upscaler = inference.Upscaler(config, params=None)
-    preemption = PreemptionWatch()
-    cleanup.callback(preemption.close)  # SIGTERM and SIGINT back to their previous handlers
     pending = []  # per-step metrics (device arrays) since the last log
     batches = data.prefetch_batches(
       sampler,
@@ -379,36 +490,77 @@ def _train(config, workdir, scales, sampler, val_images) -> TrainState:
       batch_sharding(mesh),
       config.prefetch_batches,
     )
-    for step, scale, batch in batches:
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, step_metrics = step_fn(state, batch, scale=scale)
-      pending.append(step_metrics)
-      done = step + 1
-      is_last = done == config.num_train_steps
-      if done % config.log_every_steps == 0 or is_last:
-        # The only host-device sync of the loop: fetch the metrics since the last log.
-        fetched, streak = jax.device_get((pending, state.nonfinite_streak))
-        pending = []
-        _log_train_metrics(writer, done, fetched, float(schedule(step)))
-        if streak >= config.max_nonfinite_steps:
-          raise errors.DivergedError(
-            f"the loss or gradients were not finite for {int(streak)} steps in a row "
-            f"(up to step {done}); those steps were skipped and nothing non-finite was "
-            f"saved. Latest checkpoint: step {manager.latest_step()}. Lower "
-            f"config.learning_rate or check the data."
-          )
-      report(done)
-      if val_images is not None and (done % config.eval_every_steps == 0 or is_last):
-        with report.timed("eval"):
-          upscaler.params = eval_params(state)
-          _write_validation(writer, done, upscaler, val_images, scales, config)
-      # Asked at every step: with several processes, this is where they agree to stop.
-      stop = preemption.reached(done) and not is_last
-      if done % config.checkpoint_every_steps == 0 or is_last or stop:
-        checkpoint.save(manager, done, state, config)
-      if stop:
-        raise errors.Preempted(preemption.signal_name, done, manager.directory / str(done))
+    preemption.arm()  # from here on a signal stops the run after saving a step
+    what = "in the train step"
+    try:
+      for step, scale, batch in batches:
+        what = "in the train step"
+        if scale not in compiled:
+          compiled[scale] = step_fn.lower(state, batch, scale=scale).compile()
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          state, step_metrics = compiled[scale](state, batch)
+        pending.append(step_metrics)
+        done = step + 1
+        is_last = done == config.num_train_steps
+        if done % config.log_every_steps == 0 or is_last:
+          # The only host-device sync of the loop: fetch the metrics since the last log.
+          fetched, streak = jax.device_get((pending, state.nonfinite_streak))
+          pending = []
+          _log_train_metrics(writer, done, fetched, float(schedule(step)))
+          writer.flush()  # a full disk is found here, not after the run
+          if streak >= config.max_nonfinite_steps:
+            raise errors.DivergedError(
+              f"the loss or gradients were not finite for {int(streak)} steps in a row "
+              f"(up to step {done}); those steps were skipped and nothing non-finite was "
+              f"saved. Latest checkpoint: step {manager.latest_step()}. Lower "
+              f"config.learning_rate or check the data."
+            )
+        report(done)
+        if val_images is not None and (done % config.eval_every_steps == 0 or is_last):
+          what = f"in validation at step {done}"
+          with report.timed("eval"):
+            upscaler.params = eval_params(state)
+            _write_validation(writer, done, upscaler, val_images, scales, config)
+        # Asked at every step: with several processes, this is where they agree to stop.
+        stop = preemption.reached(done) and not is_last
+        if done % config.checkpoint_every_steps == 0 or is_last or stop:
+          what = "in the train step"
+          checkpoint.save(manager, done, state, config)
+        if stop:
+          raise errors.Preempted(preemption.signal_name, done, manager.directory / str(done))
+    except summaries.SummaryError as e:
+      raise summaries.SummaryError(f"{e}; {_saved(manager)}") from None
+    except Exception as e:
+      if not errors.out_of_memory(e):
+        raise
+      raise _out_of_memory(config, what, e, _saved(manager)) from None
     return state
+
+
+def _write_atomically(path, text: str) -> None:
+  """Writes `path` through a temporary file beside it: a kill never leaves half a file."""
+  tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
+  try:
+    tmp.write_text(text)
+    tmp.replace(path)
+  except OSError as e:
+    raise errors.CheckpointError(f"cannot write {path}: {errors.one_line(e)}") from e
+  finally:
+    with contextlib.suppress(OSError):
+      tmp.unlink()
+
+
+def _close_writer(writer, exc_type, exc, traceback) -> bool:
+  """Closes the summary writer; a failure to write its last summaries is an error unless
+  another one is already on its way out (then it is one warning line)."""
+  del traceback
+  try:
+    writer.close()
+  except summaries.SummaryError as e:
+    if exc_type is None:
+      raise
+    logging.warning("%s", e)
+  return False
 
 
 def _log_train_metrics(writer, step: int, metrics: list[dict], learning_rate: float):
@@ -425,24 +577,40 @@ class PreemptionWatch:
 
   With several processes JAX's coordination service receives SIGTERM and
   `reached_preemption_sync_point` makes every process agree on the step to stop at
-  (SIGINT keeps Python's default there). A single process installs its own handlers for
-  both, restored by `close()`: the first signal is noted for `reached`; a Ctrl-C after it
-  raises KeyboardInterrupt at once (the user does not want to wait for the save).
+  (SIGINT keeps Python's default there). A single process installs its own handlers,
+  restored by `close()`. Until `arm()` (start-up: loading, restoring, compiling) SIGTERM
+  raises `errors.Terminated` at once, as there is nothing to save yet. Once armed, the
+  first SIGTERM or Ctrl-C is noted for `reached`; a Ctrl-C after it raises
+  KeyboardInterrupt at once (the user does not want to wait for the save).
   """
 
   def __init__(self):
     self.signal_name: str | None = None
+    self.armed = False
     self._previous = {}
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._on_signal)
+    self._own = jax.process_count() == 1 and threading.current_thread() is threading.main_thread()
+    if self._own:
+      self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_signal)
+
+  def arm(self) -> None:
+    # A SIGTERM whose exception something swallowed (raised inside a callback from C code,
+    # which Python only reports) still stops the run here, before the first step.
+    if self.signal_name is not None:
+      raise errors.Terminated(self.signal_name)
+    self.armed = True
+    if self._own:
+      self._previous.setdefault(signal.SIGINT, signal.signal(signal.SIGINT, self._on_signal))
 
   def _on_signal(self, signum, frame):
     del frame
+    name = signal.Signals(signum).name
+    if not self.armed:
+      self.signal_name = name
+      raise errors.Terminated(name)
     if signum == signal.SIGINT and self.signal_name is not None:
       self.close()
       raise KeyboardInterrupt
-    self.signal_name = self.signal_name or signal.Signals(signum).name
+    self.signal_name = self.signal_name or name
 
   def reached(self, step: int) -> bool:
     if jax.process_count() > 1:

@@ -418,6 +418,7 @@ class Case:
   drive: Callable | None = None  # runs the command itself (signals, background runs)
   check: Callable | None = None  # more assertions: check(ctx, completed_process)
   needs: tuple[str, ...] = ()  # "ckpt", "mount", "torch"
+  env: dict = dataclasses.field(default_factory=dict)  # on top of _env()
 
 
 def main_case(id, *extra, workdir="{tmp}/run", config="{demo}:runlocal", **kw) -> Case:
@@ -539,6 +540,54 @@ def _torch_file(name, dest=None):
     shutil.copy(ctx.vars["torch_files"] / name, ctx.tmp / (dest or name))
 
   return setup
+
+
+def _shipped_copy(ctx):
+  """A copy of the shipped x2 weights (an export: checkpoints/0 and export.json)."""
+  shutil.copytree(REPO / "pretrained" / "edsr_291_x2", ctx.tmp / "shipped")
+
+
+def sigterm_during_start_up(ctx, cmd) -> subprocess.CompletedProcess:
+  """A driver: SIGTERM once training has loaded its data, while it builds, restores and
+  compiles (importing TensorFlow for the summary writer alone takes seconds)."""
+  out_path, err_path = ctx.tmp / "stdout.log", ctx.tmp / "stderr.log"
+  with open(out_path, "w") as out, open(err_path, "w") as err:
+    proc = subprocess.Popen(cmd, cwd=ctx.tmp, env=_env(), stdout=out, stderr=err)
+    ctx.cleanup(lambda: _kill(proc))
+    _wait_for(err_path, re.compile(r"training images: \d+"), proc)
+    assert not TRAIN_LOSS_LINE.search(err_path.read_text()), "already training"
+    proc.send_signal(signal.SIGTERM)
+    try:
+      status = proc.wait(timeout=CASE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+      status = None
+  return subprocess.CompletedProcess(cmd, status, out_path.read_text(), err_path.read_text())
+
+
+def _nothing_trained(ctx, proc):
+  assert not (ctx.tmp / "run" / ".run.lock").exists(), "the workdir lock is left behind"
+  assert not TRAIN_LOSS_LINE.search(proc.stderr), "it trained before stopping"
+  steps = ctx.tmp / "run" / "checkpoints"
+  assert not steps.exists() or not list(steps.iterdir()), list(steps.iterdir())
+
+
+def _tiny_val_set(ctx):
+  train_folder(ctx)
+  png(ctx.tmp / "val" / "big.png", height=48, width=48)
+  png(ctx.tmp / "val" / "a_tiny.png", height=12, width=14, seed=5)
+
+
+def _changes_recorded(ctx, proc):
+  lines = (ctx.tmp / "run" / "config_changes.jsonl").read_text().splitlines()
+  record = json.loads(lines[-1])
+  assert record["step"] == 2 and record["changes"]["batch_size"] == [4, 6], record
+  assert json.loads((ctx.tmp / "run" / "config.json").read_text())["batch_size"] == 6
+
+
+def _events_room(ctx):
+  small_tmpfs(ctx, ctx.tmp / "full", 600 * 1024)
 
 
 IMPORT_TO_SMALL = ("--input=good.pt", "--output={tmp}/small/out", "--res_scale=1")
@@ -741,6 +790,86 @@ CASES = [
     status=0,
     expect=(r"(?i)nothing (left )?to train|already (at|past) step 2",),
     unchanged=("run/checkpoints",),
+    needs=("ckpt",),
+  ),
+  # ---------------------------------------------------------------- main: round 3
+  main_case(
+    "main-workdir-holds-exported-weights",
+    "--config.num_train_steps=2",
+    workdir="shipped",
+    setup=_shipped_copy,
+    expect=(r"shipped", r"export\.json", r"init_from=\S*shipped", r"new folder"),
+    unchanged=("shipped",),
+  ),
+  main_case(
+    "main-out-of-memory-in-the-train-step",
+    # Hundreds of GB of activations: refused at once by any machine's allocator.
+    "--config.batch_size=50000",
+    "--config.patch_size=16",
+    "--config.model.num_features=512",
+    "--config.num_train_steps=2",
+    expect=(r"(?i)out of memory", r"batch_size=50000", r"patch_size=16", r"lower"),
+    absent=("run/checkpoints/1", "run/checkpoints/2"),
+  ),
+  main_case(
+    "main-sigterm-during-start-up",
+    "--config.num_train_steps=5",
+    drive=sigterm_during_start_up,
+    status=EX_TEMPFAIL,
+    expect=(r"SIGTERM", r"(?i)start-up", r"(?i)nothing (new )?to save", r"(?i)resume"),
+    check=_nothing_trained,
+  ),
+  main_case(
+    "main-val-image-too-small-for-ssim",
+    *FOLDER,
+    "--config.data.val_dir=val",
+    setup=_tiny_val_set,
+    expect=(r"a_tiny", r"14x12", r"(?i)ssim", r"15x15"),
+    absent=("run",),
+  ),
+  main_case(
+    "main-resume-with-another-batch-size",
+    "--config.batch_size=6",
+    "--config.num_train_steps=3",
+    setup=copy_checkpoint,
+    status=0,
+    expect=(r"config\.batch_size=6 \(the checkpoint had 4\)", r"config_changes\.jsonl"),
+    check=_changes_recorded,
+    needs=("ckpt",),
+  ),
+  main_case(
+    "main-disk-full-with-summaries",
+    "--config.num_train_steps=20",
+    "--config.eval_every_steps=1",
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=1000",
+    workdir="{tmp}/full/run",
+    setup=_events_room,
+    expect=(r"TensorBoard summaries", r"full/run", r"(?i)no space"),
+    needs=("mount",),
+  ),
+  main_case(
+    "main-jax-platforms-without-backend",
+    "--config.num_train_steps=2",
+    env={"JAX_PLATFORMS": "cuda"},
+    expect=(r"JAX_PLATFORMS='cuda'", r"(?i)unset JAX_PLATFORMS"),
+    absent=("run",),
+  ),
+  Case(
+    "evaluate-no-cpu-devices",
+    "evaluate",
+    ("--checkpoint={repo}/pretrained/edsr_291_x2", "--benchmark_dir=bench", "--datasets=Tiny"),
+    setup=benchmark_set,
+    env={"JAX_NUM_CPU_DEVICES": "0"},
+    expect=(r"JAX_NUM_CPU_DEVICES='0'", r"at least 1"),
+  ),
+  Case(
+    "upscale-checkpoint-inside-a-step",
+    "upscale",
+    ("--checkpoint={ckpt}/checkpoints/2/state", "--output_dir=out", "in.png"),
+    setup=lambda ctx: png(ctx.tmp / "in.png", height=20, width=24),
+    status=0,
+    expect=(r"wrote 1 image",),
     needs=("ckpt",),
   ),
   # ---------------------------------------------------------------- demo
@@ -1314,7 +1443,12 @@ def test_bad_input(case: Case, tmp_path, request):
     else:
       try:
         proc = subprocess.run(
-          cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=CASE_TIMEOUT
+          cmd,
+          cwd=tmp_path,
+          env={**_env(), **case.env},
+          capture_output=True,
+          text=True,
+          timeout=CASE_TIMEOUT,
         )
       except subprocess.TimeoutExpired as e:  # killed: report what it printed until then
         out, err = (

@@ -85,7 +85,8 @@ def test_resume_restores_the_state_and_keeps_the_ema_with_this_runs_decay(tmp_pa
   config = _config(ema_decay=0.5)
   manager = checkpoint.make_manager(tmp_path)
   try:
-    resumed = checkpoint.resume(manager, _state(config, seed=1), config)
+    resumed, from_checkpoint = checkpoint.resume(manager, _state(config, seed=1), config)
+    assert from_checkpoint.ema_decay == 0.9  # the config saved with it, not this run's
   finally:
     manager.close()
   assert int(resumed.step) == 7 and resumed.has_ema and resumed.ema_decay == 0.5
@@ -136,3 +137,16 @@ def test_transfer_params_names_what_does_not_fit():
   out = checkpoint.transfer_params(same, source, "runs/x2")
   np.testing.assert_array_equal(out["head"]["kernel"], same["head"]["kernel"])
   np.testing.assert_array_equal(out["upsample"]["w"], source["upsample"]["w"])  # not copied
+
+
+def test_init_from_the_same_network_copies_every_parameter():
+  """Fine-tuning shipped weights: config.init_from of a run of the same network and scale
+  copies the upsampler too (the x2 -> x4 initialisation keeps its own, tests/test_mdsr.py)."""
+  shipped = checkpoint.load_params("pretrained/edsr_291_x2")
+  config = config_lib.load_config_file("configs/edsr_291.py", "x2")
+  model, tx = train.make_model_and_optimizer(config)
+  mesh = train.make_mesh()
+  fresh = train.create_train_state(config, model, tx, mesh, jax.random.key(3))
+  state = checkpoint.init_from(fresh, "pretrained/edsr_291_x2", tx, mesh, (2,))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), shipped.params)
+  assert int(state.step) == 0

@@ -69,7 +69,8 @@ def test_tools_take_paths_relative_to_the_current_directory(tmp_path):
   assert (tmp_path / "runs" / "x" / "checkpoints" / "2" / "state").is_dir()
   assert list((tmp_path / "cache").glob("*.npy"))
   proc = _run(tmp_path, "main", config, "--workdir=runs/y", "--config.init_from=runs/x", *TINY)
-  assert "initialised all but the upsampler from runs/x" in proc.stderr
+  # The same network: fine-tuning, every parameter copied (the upsampler too).
+  assert "initialised all parameters from runs/x (step 2)" in proc.stderr
   assert (tmp_path / "runs" / "y" / "checkpoints" / "2" / "state").is_dir()
 
   _run(tmp_path, "upscale", "--checkpoint=runs/x", "--output_dir=out", "photos/a.png")
