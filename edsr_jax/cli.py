@@ -169,8 +169,7 @@ def start_jax() -> None:
   """Starts JAX's devices now, so that a backend that cannot start (JAX_PLATFORMS naming
   one not installed, JAX_NUM_CPU_DEVICES=0) is reported as that, in one line, and not
   later as whatever first touched a device (reading a checkpoint, say)."""
-  import jax
-
+  jax = sys.modules.get("jax") or __import__("jax")
   try:
     jax.devices()
   except (RuntimeError, AssertionError) as e:  # JAX_PLATFORMS=cuda without CUDA: a bare assert

@@ -70,10 +70,8 @@ def find_pairs(
       raise errors.UserError(f"--{label} {folder} is not an existing directory")
   try:
     hr_paths = image_io.list_images(hr_dir)
-  except errors.ImageError:
-    raise errors.UserError(
-      f"--hr_dir {hr_dir} holds no images ({', '.join(image_io.IMAGE_EXTENSIONS)})"
-    ) from None
+  except errors.ImageError as e:  # no images, or one it cannot read (HEIC, a broken link)
+    raise errors.UserError(f"--hr_dir {hr_dir}: {e}") from None
   pairs = []
   for hr_path in hr_paths:
     try:

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from edsr_jax import errors
+from edsr_jax import checkpoint, errors
 
 try:  # optional: without it (and without TensorFlow) summaries are only logged
   from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -67,8 +67,6 @@ class CheckedWriter:
     try:
       return getattr(self._writer, method)(*args)
     except Exception as e:
-      from edsr_jax import checkpoint  # deferred: orbax is not needed to write summaries
-
       reason = checkpoint.os_error(e)
       if reason is None:
         raise

@@ -337,8 +337,8 @@ def refuse_weights_folder(workdir) -> None:
   if record.exists():
     raise errors.CheckpointError(
       f"{workdir} holds exported or imported weights ({record.name}); training there would "
-      f"replace them as new checkpoints rotate in. Fine-tune from them into a new folder: "
-      f"--config.init_from={workdir} --workdir=<a new folder>"
+      f"replace them as new checkpoints rotate in. Fine-tune from them into a new workdir "
+      f"with config.init_from={workdir}"
     )
 
 

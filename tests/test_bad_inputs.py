@@ -798,7 +798,7 @@ CASES = [
     "--config.num_train_steps=2",
     workdir="shipped",
     setup=_shipped_copy,
-    expect=(r"shipped", r"export\.json", r"init_from=\S*shipped", r"new folder"),
+    expect=(r"shipped", r"export\.json", r"init_from=\S*shipped", r"new workdir"),
     unchanged=("shipped",),
   ),
   main_case(
