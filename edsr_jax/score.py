@@ -71,7 +71,7 @@ def find_pairs(
   try:
     hr_paths = image_io.list_images(hr_dir)
   except errors.ImageError as e:  # no images, or one it cannot read (HEIC, a broken link)
-    raise errors.UserError(f"--hr_dir {hr_dir}: {e}") from None
+    raise errors.UserError(f"--hr_dir: {e}") from None
   pairs = []
   for hr_path in hr_paths:
     try:

@@ -527,6 +527,8 @@ def _train(config, workdir, scales, sampler, val_images, preemption) -> TrainSta
           what = "in the train step"
           checkpoint.save(manager, done, state, config)
         if stop:
+          if preemption.interrupted:
+            raise KeyboardInterrupt
           raise errors.Preempted(preemption.signal_name, done, manager.directory / str(done))
     except summaries.SummaryError as e:
       raise summaries.SummaryError(f"{e}; {_saved(manager)}") from None
@@ -587,6 +589,7 @@ class PreemptionWatch:
   def __init__(self):
     self.signal_name: str | None = None
     self.armed = False
+    self.interrupted = False  # a second Ctrl-C
     self._previous = {}
     self._own = jax.process_count() == 1 and threading.current_thread() is threading.main_thread()
     if self._own:
@@ -608,6 +611,9 @@ class PreemptionWatch:
       self.signal_name = name
       raise errors.Terminated(name)
     if signum == signal.SIGINT and self.signal_name is not None:
+      # Also noted: a KeyboardInterrupt raised while the main thread runs a callback from
+      # C code is only reported by Python, and the run must still stop without waiting.
+      self.interrupted = True
       self.close()
       raise KeyboardInterrupt
     self.signal_name = self.signal_name or name

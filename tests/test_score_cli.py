@@ -181,7 +181,7 @@ def test_cli_corrupt_png_is_named(dirs):
 def test_cli_folder_errors(dirs, tmp_path):
   hr_dir, sr_dir = dirs
   proc = run_score(f"--hr_dir={hr_dir}", f"--sr_dir={sr_dir}", "--scale=2")
-  assert_one_line_error(proc, "no images", hr_dir)
+  assert_one_line_error(proc, "no image files", hr_dir)
   missing = tmp_path / "nowhere"
   proc = run_score(f"--hr_dir={missing}", f"--sr_dir={sr_dir}", "--scale=2")
   assert_one_line_error(proc, missing, "not an existing directory")
