@@ -37,12 +37,37 @@ class TorchFileError(ValueError):
   """A file that cannot, or must not, be read as a state_dict; the message names the file."""
 
 
+class StateDict(dict):
+  """{name: numpy array}, in the file's order; `dtypes` is {name: the tensor's dtype in the
+  file, as torch names it ('float32', 'float16', 'bfloat16', ...)}. bfloat16 tensors are
+  widened to float32 arrays (numpy has no bfloat16), so `dtypes` is where their precision
+  shows."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.dtypes: dict[str, str] = {}
+
+
 # Pickle of the legacy layout's first record: torch's magic number.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 # A storage may claim at most this many times the file's size (a zip entry can be a
 # compression bomb; weights do not compress, so real files are far below this).
 _MAX_EXPANSION = 100
+
+# torch's name for the dtype of each storage type.
+_TORCH_DTYPE_NAMES = {
+  "FloatStorage": "float32",
+  "DoubleStorage": "float64",
+  "HalfStorage": "float16",
+  "BFloat16Storage": "bfloat16",
+  "LongStorage": "int64",
+  "IntStorage": "int32",
+  "ShortStorage": "int16",
+  "CharStorage": "int8",
+  "ByteStorage": "uint8",
+  "BoolStorage": "bool",
+}
 
 _STORAGE_DTYPES = {
   "FloatStorage": np.float32,
@@ -253,7 +278,7 @@ def _zip_read(archive: zipfile.ZipFile, name: str, path: str) -> bytes:
     raise TorchFileError(f"{path} is not a readable torch file: entry {name}: {e}") from None
 
 
-def _read_zip(path: str, file_size: int) -> dict[str, np.ndarray]:
+def _read_zip(path: str, file_size: int) -> StateDict:
   try:
     archive = zipfile.ZipFile(path)
   except _ZIP_ERRORS as e:
@@ -281,7 +306,7 @@ def _read_zip(path: str, file_size: int) -> dict[str, np.ndarray]:
     state = _check_state_dict_object(_unpickle(data_pkl, path, legacy=False), path)
 
     storages: dict[str, np.ndarray] = {}
-    out = {}
+    out = StateDict()
     for name, ref in state.items():
       sref = ref.storage
       if sref.key not in storages:
@@ -300,10 +325,11 @@ def _read_zip(path: str, file_size: int) -> dict[str, np.ndarray]:
           raw, sref.type, sref.numel, order, f"{path}: storage {entry}"
         )
       out[name] = _materialise(ref, storages[sref.key], name, path)
+  out.dtypes = {name: _TORCH_DTYPE_NAMES[ref.storage.type.name] for name, ref in state.items()}
   return out
 
 
-def _read_legacy(path: str, file_size: int) -> dict[str, np.ndarray]:
+def _read_legacy(path: str, file_size: int) -> StateDict:
   with open(path, "rb") as f:
     magic = _unpickle(f, path, legacy=True)
     if magic != _LEGACY_MAGIC:
@@ -346,7 +372,7 @@ def _read_legacy(path: str, file_size: int) -> dict[str, np.ndarray]:
       raw = f.read(nbytes)
       storages[key] = _array_from_bytes(raw, stype, numel, "<", f"{path}: storage {key}")
 
-  out = {}
+  out = StateDict()
   for name, ref in state.items():
     sref = ref.storage
     if sref.key not in storages:
@@ -358,11 +384,13 @@ def _read_legacy(path: str, file_size: int) -> dict[str, np.ndarray]:
         raise TorchFileError(f"{path}: storage view {sref.view} exceeds its storage")
       storage = storage[start : start + size]
     out[name] = _materialise(ref, storage, name, path)
+  out.dtypes = {name: _TORCH_DTYPE_NAMES[ref.storage.type.name] for name, ref in state.items()}
   return out
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """{name: numpy array} of a `.pt` state_dict, read without torch and without running code.
+def load_state_dict(path: str | os.PathLike) -> StateDict:
+  """{name: numpy array} of a `.pt` state_dict, read without torch and without running code
+  (a StateDict: `.dtypes` gives each tensor's dtype in the file).
 
   Raises TorchFileError (naming the file) for a file that is missing, not a torch file,
   truncated, not a state_dict of tensors, or that references any global outside

@@ -3,7 +3,8 @@
 `read_state_dict` reads a `.pt` file with the safe reader (`edsr_jax.torch_pickle`);
 `detect_architecture` reads the network's sizes from the tensor shapes (with optional
 arguments that must agree with them), `check_state_dict` insists on exactly the official
-keys and shapes and the standard DIV2K mean shift, and `to_flax_params` gives the
+keys and shapes and the standard DIV2K mean shift (at the file's precision: float16 and
+bfloat16 files are imported too), and `to_flax_params` gives the
 parameter tree of `edsr_jax.models` (OIHW conv weights become HWIO kernels). Every
 problem is a `WeightsError` in these functions' terms (`import_torch` restates them as
 its flags).
@@ -252,18 +253,42 @@ def check_state_dict(state: Mapping[str, np.ndarray], arch: Architecture) -> Non
   _check_mean_shift(state)
 
 
+# Significand bits (the stored ones) of the float dtypes a weights file can hold.
+_MANTISSA_BITS = {"float64": 52, "float32": 23, "float16": 10, "bfloat16": 7}
+
+
+def source_dtype(state: Mapping[str, np.ndarray], key: str) -> str:
+  """The dtype of tensor `key` in the file (a bfloat16 tensor is read as float32)."""
+  return getattr(state, "dtypes", {}).get(key) or state[key].dtype.name
+
+
+def round_to(values: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+  """(`values` rounded to the nearest of `dtype` (ties to even), one unit in the last
+  place of `dtype` at each), as float64: what a value stored at that precision can be."""
+  bits = _MANTISSA_BITS.get(dtype, _MANTISSA_BITS["float32"])
+  fraction, exponent = np.frexp(np.asarray(values, np.float64))  # fraction in [0.5, 1)
+  rounded = np.ldexp(np.round(np.ldexp(fraction, bits + 1)), exponent - bits - 1)
+  return rounded, np.ldexp(np.ones_like(rounded), exponent - bits - 1)
+
+
 def _check_mean_shift(state: Mapping[str, np.ndarray]) -> None:
   # Our model applies the DIV2K mean as a constant; weights trained with another mean,
-  # std or rgb_range would compute a different function under it.
+  # std or rgb_range would compute a different function under it. A file saved at a lower
+  # precision (`.half()`: float16, bfloat16) holds the constants rounded to it, so they
+  # are compared at the file's precision (within half a unit in its last place).
   mean = np.asarray(models.DIV2K_RGB_MEAN, np.float32) * np.float32(models.RGB_RANGE)
   eye = np.eye(3, dtype=np.float32).reshape(3, 3, 1, 1)
   for name, sign in (("sub_mean", -1.0), ("add_mean", 1.0)):
     for key, want in ((f"{name}.weight", eye), (f"{name}.bias", sign * mean)):
-      got = state[key].astype(np.float32)
-      if not np.allclose(got, want, rtol=0, atol=1e-3):
+      dtype = source_dtype(state, key)
+      expected, ulp = round_to(want, dtype)
+      got = state[key].astype(np.float64)
+      if not np.all(np.abs(got - expected) <= np.maximum(1e-3, ulp / 2)):
+        precision = "" if dtype == "float32" else f" at {dtype} precision"
         raise errors.WeightsError(
-          f"{key} is {np.round(got.reshape(-1), 4).tolist()}, but this project's models "
-          f"use the standard DIV2K mean shift ({np.round(want.reshape(-1), 4).tolist()}: "
+          f"{key} is {np.round(got.reshape(-1), 4).tolist()} ({dtype}), but this project's "
+          f"models use the standard DIV2K mean shift "
+          f"({np.round(expected.reshape(-1), 4).tolist()}{precision}: "
           f"rgb_mean {models.DIV2K_RGB_MEAN} x rgb_range {models.RGB_RANGE:g}, std 1); "
           "weights trained with another mean, std or rgb_range would compute a different "
           "function here, so they are refused"
@@ -294,7 +319,8 @@ def _upsampler(state, prefix: str, scale: int) -> dict:
 
 
 def to_flax_params(state: Mapping[str, np.ndarray], arch: Architecture) -> dict:
-  """The `edsr_jax.models` parameter tree (float32) of a checked official state_dict."""
+  """The `edsr_jax.models` parameter tree (float32, whatever the file's float dtype) of a
+  checked official state_dict."""
   body = _res_blocks(state, "body", arch.num_blocks)
   body["conv"] = _conv(state, f"body.{arch.num_blocks}")
   params = {"head": _conv(state, "head.0"), "body": body}

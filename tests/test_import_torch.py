@@ -77,9 +77,24 @@ def assert_cli_error(proc, *fragments):
     assert str(fragment) in last, (fragment, last)
 
 
-def save(model, path, legacy=False):
-  torch.save(model.state_dict(), path, _use_new_zipfile_serialization=not legacy)
+def save(model, path, legacy=False, dtype=None):
+  """`model`'s state_dict as torch.save writes it; with `dtype` (torch.float16 or
+  torch.bfloat16) every tensor converted to it, as `model.half().state_dict()` is."""
+  state = model.state_dict()
+  if dtype is not None:
+    state = {k: v.to(dtype) for k, v in state.items()}
+  torch.save(state, path, _use_new_zipfile_serialization=not legacy)
   return path
+
+
+def rounded_(model, dtype):
+  """`model` with its trained weights rounded to `dtype` (the mean shift kept exact, as
+  the Flax model applies it): what a file saved at that precision computes."""
+  with torch.no_grad():
+    for p in model.parameters():
+      if p.requires_grad:
+        p.copy_(p.to(dtype).float())
+  return model
 
 
 def restore(workdir):
@@ -179,18 +194,22 @@ CASES = {
     res_scale=1.0,
     count=1_369_859,
   ),
-  # Legacy layout; a size with no official res_scale, given on the command line.
+  # Legacy layout; a size with no official res_scale, given on the command line;
+  # bfloat16 weights (its mean shift is 114.5, ... at that precision).
   "edsr_x3_res_scale": dict(
-    make=lambda: tiny_edsr(3, 2, 16, seed=2, res_scale=0.5),
+    make=lambda: rounded_(tiny_edsr(3, 2, 16, seed=2, res_scale=0.5), torch.bfloat16),
+    dtype=torch.bfloat16,
     legacy=True,
     flags=["--res_scale=0.5"],
     scales=(3,),
     res_scale=0.5,
     count=None,
   ),
-  # Two x2 stages; every override given and agreeing with the file.
+  # Two x2 stages; every override given and agreeing with the file; float16 weights
+  # (`.half()`).
   "edsr_x4_flags": dict(
-    make=lambda: tiny_edsr(4, 2, 64, seed=3),
+    make=lambda: rounded_(tiny_edsr(4, 2, 64, seed=3), torch.float16),
+    dtype=torch.float16,
     legacy=False,
     flags=["--model=edsr", "--scale=4", "--num_blocks=2", "--num_features=64"],
     scales=(4,),
@@ -235,7 +254,7 @@ def cli(tmp_path_factory):
   runs, info = CliRuns(root), {}
   for case, spec in CASES.items():
     tmodel = spec["make"]()
-    path = save(tmodel, root / f"{case}.pt", spec["legacy"])
+    path = save(tmodel, root / f"{case}.pt", spec["legacy"], spec.get("dtype"))
     info[case] = dict(tmodel=tmodel, out=root / case)
     if spec.get("relative"):
       runs.start(case, f"--input={path.name}", f"--output={case}", *spec["flags"], cwd=root)
@@ -454,6 +473,8 @@ def test_reader_matches_torch_load_for_views_and_dtypes(tmp_path):
       np.testing.assert_array_equal(
         got[key], value.float().numpy() if key == "bf16" else value.numpy()
       )
+    # What each tensor was in the file (bfloat16 is read widened to float32).
+    assert got.dtypes == {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()}
 
 
 # --------------------------------------------------------------------------------------
@@ -553,17 +574,38 @@ def test_missing_and_unexpected_tensors_are_listed(tmp_path):
 
 
 @pytest.mark.parametrize(
-  "kw, key",
+  "kw, key, dtype",
   [
-    (dict(rgb_range=1.0), "sub_mean.bias"),  # weights trained on 0..1 inputs
-    (dict(rgb_std=(0.5, 0.5, 0.5)), "sub_mean.weight"),
+    (dict(rgb_range=1.0), "sub_mean.bias", None),  # weights trained on 0..1 inputs
+    (dict(rgb_std=(0.5, 0.5, 0.5)), "sub_mean.weight", None),
+    # At half precision the standard mean is 114.4375, ... (float16), 114.5, ... (bfloat16):
+    # accepted (the CLI cases above); another one is still refused.
+    (
+      dict(rgb_range=1.0),
+      r"sub_mean.bias is \[-0.4487, .*\(float16\), .*standard DIV2K mean shift "
+      r"\(\[-114.4375, -111.4375, -103.0\] at float16 precision",
+      "half",
+    ),
+    (dict(rgb_range=254.0), r"sub_mean.bias is \[-114.0, .*\(bfloat16\), .*\[-114.5, ", "bf16"),
   ],
 )
-def test_refuses_a_different_mean_shift(kw, key, tmp_path):
-  path = save(tiny_edsr(**kw), tmp_path / "shifted.pt")
-  with pytest.raises(errors.WeightsError, match=f"{key} is .*standard DIV2K mean shift"):
+def test_refuses_a_different_mean_shift(kw, key, dtype, tmp_path):
+  dtype = {None: None, "half": torch.float16, "bf16": torch.bfloat16}[dtype]
+  path = save(tiny_edsr(**kw), tmp_path / "shifted.pt", dtype=dtype)
+  with pytest.raises(errors.WeightsError, match=key) as refused:
     import_torch.convert(path, tmp_path / "run", res_scale=1.0)
+  assert "standard DIV2K mean shift" in str(refused.value)
   assert not (tmp_path / "run").exists()
+
+
+def test_half_precision_mean_shift_is_compared_at_that_precision():
+  mean = np.asarray(models.DIV2K_RGB_MEAN, np.float32) * np.float32(models.RGB_RANGE)
+  for dtype, spacing in ((torch.float16, 0.0625), (torch.bfloat16, 0.5)):
+    stored = torch.from_numpy(mean).to(dtype)
+    expected, ulp = tw.round_to(mean, str(dtype).removeprefix("torch."))
+    np.testing.assert_array_equal(expected, stored.double().numpy())
+    assert np.all(ulp == spacing)
+    assert np.max(np.abs(stored.double().numpy() - mean)) > 1e-3  # refused before
 
 
 def test_res_scale_defaults_from_the_official_size(edsr_file, tmp_path):
