@@ -9,27 +9,41 @@ directory. The output has the layout `import_torch` writes,
 `<output>/checkpoints/0/{state,config}`: the chosen parameters (the EMA of the
 parameters when the run kept one, unless --nouse_ema) in a TrainState at step 0 with a
 fresh Adam state, and the run's config with `ema_decay = 0` (the exported parameters are
-the model). `inference.load`, `upscale --checkpoint`, `evaluate --checkpoint` and
-`--config.init_from` read it; training with `--workdir=<output>` fine-tunes from it.
-`<output>/export.json` records where the parameters came from. An output that already
-holds checkpoints is refused unless --overwrite.
+the model). `inference.load`, `upscale --checkpoint` and `evaluate --checkpoint` read it. To
+fine-tune from it, train in a new workdir starting from it:
+
+  python -m edsr_jax.main --config=<a config of the same network> \
+      --config.init_from=<output> --workdir=<output>_finetuned
+
+as the last line printed says, with the config of the exported network (not with
+`--workdir=<output>`: a run keeps only its latest checkpoints, so training there would
+delete the exported one). `<output>/export.json` (`checkpoint.EXPORT_RECORD`)
+records where the parameters came from. An output that already holds checkpoints is
+refused unless --overwrite.
 
 Problems (no such checkpoint, unreadable files, an output that cannot be written) end
-the run with a one-line message and exit status 1; nothing is left half-written.
+the run with a one-line message and exit status 1; nothing is left half-written, also
+when the run is stopped (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pathlib
+import re
 import secrets
+import shlex
 import shutil
+import signal
+import threading
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from edsr_jax import checkpoint, cli, errors, train
+from edsr_jax import checkpoint, cli, config_lib, errors, train
 
 FLAGS = flags.FLAGS
 
@@ -83,37 +97,153 @@ def check_fresh_output(output: str, overwrite: bool) -> list[str]:
   return existing
 
 
-def write_workdir(output: str, train_state, config, *, replace: bool) -> None:
-  """Writes `train_state` as `<output>/checkpoints/0` (export, import_torch), through a
-  temporary folder beside `output`.
+_TMP_MARK = ".write-tmp-"
+_REPLACED = "replaced-checkpoints"  # inside the temporary folder: the checkpoints swapped out
 
-  The checkpoint is saved into `.<name>.write-tmp-*` in `output`'s parent and renamed
-  into place once complete; on any failure (a full or read-only disk, Ctrl-C) the
-  temporary folder is removed, so nothing is left that would block the same command
-  once the problem is fixed. `replace`: swap out `<output>/checkpoints`.
+
+def _temporary_name(name: str) -> str:
+  return f".{name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # PermissionError: another user's process
+    return True
+  return True
+
+
+def remove_stale_temporaries(output: str) -> list[str]:
+  """Removes the `.<name>.write-tmp-<pid>-*` folders beside `output` whose process is gone
+  (a write stopped by SIGKILL or a power cut, which no cleanup clause outlives); returns
+  their paths. Those of live processes (another write in progress) are kept. A stale
+  folder that holds the checkpoints being swapped out, while `output` has none, gives
+  them back instead of deleting them (killed between the two renames of a replace)."""
+  target = os.path.abspath(output)
+  parent, name = os.path.split(target)
+  pattern = re.compile(re.escape(f".{name}{_TMP_MARK}") + r"(\d+)-[0-9a-f]+")
+  try:
+    entries = os.listdir(parent)
+  except OSError:
+    return []
+  removed = []
+  for entry in entries:
+    m = pattern.fullmatch(entry)
+    if not m or _pid_alive(int(m[1])):
+      continue
+    stale = os.path.join(parent, entry)
+    replaced = os.path.join(stale, _REPLACED)
+    with contextlib.suppress(OSError):
+      if os.path.isdir(replaced) and not os.path.exists(checkpoint.checkpoint_dir(target)):
+        os.rename(replaced, checkpoint.checkpoint_dir(target))
+    shutil.rmtree(stale, ignore_errors=True)
+    removed.append(stale)
+  return removed
+
+
+@contextlib.contextmanager
+def _signals_held():
+  """Holds SIGTERM and SIGINT (Ctrl-C) until the block is done, then acts on them as
+  before; yields the list of the signals held so far, for the block to look at.
+
+  A checkpoint write stopped half-way leaves orbax's threads writing into its folder
+  after the cleanup clauses have removed it; held, it finishes (seconds) and is then
+  removed whole, and that removal is not cut short either. A second signal of the same
+  kind acts at once (the next write removes what that leaves, `remove_stale_temporaries`).
+  Only the main thread can set handlers; elsewhere the block runs as it is.
+  """
+  held: list[int] = []
+  if threading.current_thread() is not threading.main_thread():
+    yield held
+    return
+  # Not those ignored (a background job's SIGINT) or handled outside Python.
+  kinds = [
+    s for s in (signal.SIGTERM, signal.SIGINT) if signal.getsignal(s) not in (None, signal.SIG_IGN)
+  ]
+  previous = {}
+
+  def act(signum) -> None:
+    for kind in kinds:
+      signal.signal(kind, previous[kind])
+    if callable(previous[signum]):
+      previous[signum](signum, None)
+    else:  # SIG_DFL
+      os.kill(os.getpid(), signum)
+
+  def hold(signum, frame) -> None:
+    del frame
+    if signum in held:
+      act(signum)
+    held.append(signum)
+
+  for kind in kinds:
+    previous[kind] = signal.signal(kind, hold)
+  try:
+    yield held
+  finally:
+    if held:
+      act(held[0])
+    for kind in kinds:
+      signal.signal(kind, previous[kind])
+
+
+def write_workdir(
+  output: str, train_state, config, *, replace: bool, record: dict | None = None
+) -> None:
+  """Writes `train_state` as `<output>/checkpoints/0`, and `record` (if given) as
+  `<output>/export.json` (`checkpoint.EXPORT_RECORD`: where the parameters came from), for
+  export and import_torch, through a temporary folder beside `output`.
+
+  Everything is written into `.<name>.write-tmp-<pid>-*` in `output`'s parent and moved
+  into place once complete. On every way out (an error such as a full or read-only disk,
+  Ctrl-C, SIGTERM) the temporary folder is removed, so nothing is left that would block
+  the same command once the problem is fixed; those of writes that were killed outright
+  (SIGKILL) are removed by the next write beside them (`remove_stale_temporaries`).
+  `replace`: swap out `<output>/checkpoints` (and its record), which stays as it was
+  unless the new one is complete.
   """
   target = os.path.abspath(output)
   parent, name = os.path.split(target)
+  tmp = os.path.join(parent, _temporary_name(name))
   try:
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{name}.write-tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    os.mkdir(tmp)
-  except OSError as e:
-    raise OutputError(
-      output, f"cannot write it: {e.strerror or errors.one_line(e)} ({e.filename})"
-    ) from None
-  try:
-    manager = checkpoint.make_manager(tmp)
-    try:
-      checkpoint.save(manager, 0, train_state, config)
-    finally:
-      manager.close()
-    if not os.path.exists(target):
-      os.rename(tmp, target)
-      return
-    if replace:  # training resumes from the latest step, so clear them all
-      shutil.rmtree(checkpoint.checkpoint_dir(target))
-    os.rename(checkpoint.checkpoint_dir(tmp), checkpoint.checkpoint_dir(target))
+    with _signals_held() as held:
+      try:
+        os.makedirs(parent, exist_ok=True)
+        remove_stale_temporaries(target)
+        os.mkdir(tmp)
+        if record is not None:
+          with open(os.path.join(tmp, checkpoint.EXPORT_RECORD), "w") as f:
+            f.write(json.dumps(record, indent=2) + "\n")
+        manager = checkpoint.make_manager(tmp)
+        try:
+          checkpoint.save(manager, 0, train_state, config)
+        finally:
+          manager.close()
+        if held:  # stopped while writing: leave `output` as it was
+          return
+        if not os.path.exists(target):
+          os.rename(tmp, target)
+          return
+        if replace:  # training resumes from the latest step, so swap them all out
+          os.rename(checkpoint.checkpoint_dir(target), os.path.join(tmp, _REPLACED))
+        try:
+          os.rename(checkpoint.checkpoint_dir(tmp), checkpoint.checkpoint_dir(target))
+        except OSError:
+          if replace:  # put the old ones back
+            os.rename(os.path.join(tmp, _REPLACED), checkpoint.checkpoint_dir(target))
+          raise
+        if record is not None:
+          os.replace(
+            os.path.join(tmp, checkpoint.EXPORT_RECORD),
+            os.path.join(target, checkpoint.EXPORT_RECORD),
+          )
+        elif replace:  # it described the checkpoints replaced
+          with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(target, checkpoint.EXPORT_RECORD))
+      finally:
+        shutil.rmtree(tmp, ignore_errors=True)
   except errors.CheckpointError as e:
     cause = e.__cause__ or e
     reason = checkpoint.os_error(cause)
@@ -126,8 +256,64 @@ def write_workdir(output: str, train_state, config, *, replace: bool) -> None:
     raise OutputError(
       output, f"cannot write it: {e.strerror or errors.one_line(e)} ({e.filename})"
     ) from e
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+
+
+# The preset config files (a source checkout), for the fine-tuning command printed.
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+_MODEL_KEYS = ("num_blocks", "num_features", "res_scale", "scales")
+
+
+def _plain(value):
+  return tuple(value) if isinstance(value, tuple | list) else value
+
+
+def _flag_value(value) -> str:
+  if isinstance(value, tuple | list):
+    return f"({','.join(map(str, value))}{',' if len(value) == 1 else ''})"
+  return repr(value)
+
+
+def config_flags(config, configs_dir: pathlib.Path = CONFIGS) -> str:
+  """The `--config=<preset> [--config.model.<key>=<value> ...]` flags (shell-quoted) that
+  train the network of `config`: the preset of configs/edsr.py or configs/mdsr.py that
+  needs the fewest overrides, plus those. Without the config files (an install without
+  the source checkout), the first preset's name with every model key given."""
+  model = config.model
+  if model.name == "edsr":
+    file, args = "edsr.py", [f"x{model.scales[0]}", f"x{model.scales[0]},baseline"]
+  else:
+    file, args = "mdsr.py", ["", "baseline"]
+  path = configs_dir / file
+  choices = []
+  for arg in args:
+    try:
+      preset = config_lib.load_config_file(path, arg or None)
+    except errors.ConfigError:
+      continue
+    keys = [k for k in _MODEL_KEYS if _plain(preset.model[k]) != _plain(model[k])]
+    choices.append((len(keys), f"{path}:{arg}" if arg else str(path), keys))
+  if choices:
+    _, spec, keys = min(choices, key=lambda c: c[0])
+    relative = os.path.relpath(spec)  # as typed from here, when below the current folder
+    spec = spec if relative.startswith("..") else relative
+  else:
+    spec, keys = f"configs/{file}{':' + args[0] if args[0] else ''}", list(_MODEL_KEYS)
+  overrides = [f"--config.model.{key}={_flag_value(model[key])}" for key in keys]
+  return " ".join(shlex.quote(flag) for flag in [f"--config={spec}", *overrides])
+
+
+def fine_tune_hint(output: str, config_args: str) -> str:
+  """The command that fine-tunes from the workdir `output` that export / import_torch
+  wrote, with `config_args` (`config_flags`): a new training run starting from its
+  parameters (`--config.init_from`), in a folder of its own beside it (training in
+  `output` would rotate its one checkpoint out). Shell-quoted, to be pasted as it is."""
+  base = os.path.normpath(output)
+  if os.path.basename(base) in ("", ".", ".."):
+    base = os.path.abspath(output)
+  return (
+    f"python -m edsr_jax.main {config_args} --config.init_from={shlex.quote(output)} "
+    f"--workdir={shlex.quote(base + '_finetuned')}"
+  )
 
 
 def _overlaps(a: str, b: str) -> bool:
@@ -139,8 +325,9 @@ def _overlaps(a: str, b: str) -> bool:
 def export(path: str, output: str, use_ema: bool | None = None, overwrite: bool = False) -> dict:
   """Writes the parameters of checkpoint `path` as the workdir `output`; returns a summary.
 
-  The summary (also written to `<output>/export.json`): {"source": the step directory
-  read, "step": its training step, "ema": whether the EMA was exported, "num_params"}.
+  The summary, also written to `<output>/export.json`: {"source": the step directory
+  read, "step": its training step, "ema": whether the EMA was exported, "num_params"};
+  returned with "config", the config written.
   An `output` that is the source run, inside it or around it is refused: writing there
   could replace the run's own checkpoints.
   """
@@ -159,22 +346,14 @@ def export(path: str, output: str, use_ema: bool | None = None, overwrite: bool 
   config.init_from = ""
 
   state = train.state_from_params(restored.params, config)
-  write_workdir(output, state, config, replace=bool(existing))
-
   summary = {
     "source": str(restored.step_dir),
     "step": restored.step,
     "ema": restored.ema,
     "num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(restored.params))),
   }
-  try:
-    with open(os.path.join(output, checkpoint.EXPORT_RECORD), "w") as f:
-      f.write(json.dumps(summary, indent=2) + "\n")
-  except OSError as e:
-    raise errors.UserError(
-      f"wrote {checkpoint.checkpoint_dir(output)} but cannot write its export.json: {e}"
-    ) from None
-  return summary
+  write_workdir(output, state, config, replace=bool(existing), record=summary)
+  return {**summary, "config": config}
 
 
 def main(argv: list[str]) -> None:
@@ -189,6 +368,8 @@ def main(argv: list[str]) -> None:
     f"exported the {what} of {summary['source']} (step {summary['step']}, "
     f"{summary['num_params']:,} parameters) to {checkpoint.checkpoint_dir(FLAGS.output)}/0"
   )
+  hint = fine_tune_hint(FLAGS.output, config_flags(summary["config"]))
+  print(f"fine-tune from it in a new workdir, adding your data flags: {hint}")
 
 
 def run() -> None:

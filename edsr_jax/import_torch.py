@@ -16,13 +16,24 @@ models apply as a constant.
 
 The output is a workdir: `<output>/checkpoints/0/{state,config}`, a full TrainState
 (imported params, fresh Adam state, step 0) and a validated config with the detected
-model (data.source='demo' as a placeholder). Training with `--workdir=<output>` and a
-config of the same network fine-tunes from it; an inference loader can rebuild the model
-from the saved config. An output that already holds checkpoints is refused unless
---overwrite, which replaces `<output>/checkpoints` (and nothing else there).
+model (data.source='demo' as a placeholder), and `<output>/export.json`
+(`checkpoint.EXPORT_RECORD`, as `export` writes) recording the import: {"source": the
+.pt file (absolute path), "imported": true, "network": the network read, "res_scale",
+"num_params"}. `inference.load`, `upscale`, `evaluate` read the output. To fine-tune,
+train a new workdir that starts from it, as the last line printed says:
+
+  python -m edsr_jax.main --config=configs/edsr.py:x2,baseline \
+      --config.init_from=<output> --workdir=<output>_finetuned
+
+(the config of the imported network; not `--workdir=<output>`: a run keeps only its
+latest checkpoints, so training there would delete the imported ones). An output that
+already holds checkpoints is refused unless --overwrite, which replaces
+`<output>/checkpoints` and its export.json (and nothing else there).
 
 Input problems (unreadable or unsafe file, wrong network, contradicting flag, existing
-checkpoints) end the run with a one-line message and exit status 1.
+checkpoints) end the run with a one-line message and exit status 1. Half-precision files
+(float16, bfloat16: a state_dict saved after `.half()`) are read and imported as
+float32. Nothing is left half-written, also when the run is stopped (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
@@ -113,7 +124,8 @@ def convert(
   overwrite: bool = False,
 ) -> dict:
   """Reads, checks and writes; returns {"arch", "res_scale", "res_scale_source",
-  "num_params", "checkpoint_dir"}. Nothing is written unless every check passes."""
+  "num_params", "checkpoint_dir", "config"}. Nothing is written unless every check
+  passes."""
   output = os.fspath(output)
   existing = export.check_fresh_output(output, overwrite)
   if scale is not None:
@@ -155,14 +167,22 @@ def convert(
 
   train_state = train.state_from_params(params, config)
 
-  ckpt_dir = checkpoint.checkpoint_dir(output)
-  export.write_workdir(output, train_state, config, replace=bool(existing))
+  num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+  record = {
+    "source": os.path.abspath(input_path),
+    "imported": True,
+    "network": arch.describe(),
+    "res_scale": float(res_scale),
+    "num_params": num_params,
+  }
+  export.write_workdir(output, train_state, config, replace=bool(existing), record=record)
   return {
     "arch": arch,
     "res_scale": float(res_scale),
     "res_scale_source": source,
-    "num_params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
-    "checkpoint_dir": str(ckpt_dir / "0"),
+    "num_params": num_params,
+    "checkpoint_dir": str(checkpoint.checkpoint_dir(output) / "0"),
+    "config": config,
   }
 
 
@@ -207,10 +227,9 @@ def main(argv: list[str]) -> None:
   )
   print(f"res_scale: {summary['res_scale']:g} ({summary['res_scale_source']})")
   print(f"parameters: {summary['num_params']:,}")
-  print(
-    f"wrote {summary['checkpoint_dir']} (step 0, fresh Adam state); fine-tune with "
-    f"--workdir={FLAGS.output} and a config of the same network"
-  )
+  print(f"wrote {summary['checkpoint_dir']} (step 0, fresh Adam state)")
+  hint = export.fine_tune_hint(FLAGS.output, export.config_flags(summary["config"]))
+  print(f"fine-tune from it in a new workdir, adding your data flags: {hint}")
 
 
 def run() -> None:

@@ -59,6 +59,15 @@ def test_export_writes_the_ema_as_a_small_fresh_workdir(ema_run, tmp_path, share
   assert (summary["step"], summary["ema"]) == (4, True)
   assert summary["source"] == str(ema_run / "checkpoints" / "4")
   assert "EMA of the parameters" in out.stdout and "step 4" in out.stdout
+  # The hint fine-tunes in a new folder, from the export (never in it: a run there would
+  # rotate its one checkpoint out); the config flags name the exported network.
+  hint = out.stdout.strip().splitlines()[-1]
+  assert hint.startswith("fine-tune from it in a new workdir, adding your data flags: "), hint
+  assert hint.endswith(
+    "edsr.py:x2,baseline --config.model.num_blocks=1 --config.model.num_features=8 "
+    "--config.init_from=shipped/x2 --workdir=shipped/x2_finetuned"
+  ), hint
+  assert not (tmp_path / "shipped" / "x2_finetuned").exists()
 
   ema, raw = _params(ema_run, use_ema=True), _params(ema_run, use_ema=False)
   with pytest.raises(AssertionError):

@@ -6,12 +6,17 @@ from the orbax checkpoint the way training resumes, and the Flax model's output 
 compared with the PyTorch model's.
 """
 
+import ast
+import json
 import os
 import pathlib
 import pickle
+import shlex
+import signal
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 
 import jax
@@ -22,7 +27,16 @@ torch = pytest.importorskip("torch")
 
 import torch_reference as ref  # noqa: E402
 
-from edsr_jax import checkpoint, config_lib, errors, import_torch, models, torch_pickle, train  # noqa: E402
+from edsr_jax import (  # noqa: E402
+  checkpoint,
+  config_lib,
+  errors,
+  export,
+  import_torch,
+  models,
+  torch_pickle,
+  train,
+)
 from edsr_jax import torch_weights as tw  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -255,7 +269,8 @@ def cli(tmp_path_factory):
   for case, spec in CASES.items():
     tmodel = spec["make"]()
     path = save(tmodel, root / f"{case}.pt", spec["legacy"], spec.get("dtype"))
-    info[case] = dict(tmodel=tmodel, out=root / case)
+    cwd = root if spec.get("relative") else REPO_ROOT
+    info[case] = dict(tmodel=tmodel, out=root / case, input=path, cwd=cwd)
     if spec.get("relative"):
       runs.start(case, f"--input={path.name}", f"--output={case}", *spec["flags"], cwd=root)
     else:
@@ -302,11 +317,59 @@ def test_cli_import_matches_pytorch(case, cli):
 
   if case == "edsr_baseline_x2":  # fine-tuning with the preset accepts this checkpoint
     checkpoint.check_same_model(config, preset("edsr.py:x2,baseline"), str(out))
+  # The record beside checkpoints/ says the folder holds imported weights.
+  record = json.loads((out / checkpoint.EXPORT_RECORD).read_text())
+  assert record == {
+    "source": str(info["input"]),
+    "imported": True,
+    "network": proc.stdout.splitlines()[0].split(": ", 1)[1],
+    "res_scale": spec["res_scale"],
+    "num_params": count,
+  }
+  assert not list(out.parent.glob(f".{out.name}.write-tmp-*"))
   if case == "edsr_x3_res_scale":  # and res_scale matters: the default 1.0 is far off
     wrong_config = config.model.copy_and_resolve_references()
     wrong_config.res_scale = 1.0
     off = flax_forward(models.create_model(wrong_config), state.params, random_input(0), 3)
     assert np.max(np.abs(off - torch_forward(tmodel, random_input(0)))) > 1.0
+
+
+def hint_config(hint: str, cwd: pathlib.Path):
+  """The config a printed `python -m edsr_jax.main --config=... --config.<key>=...`
+  command trains, as main builds it; and its --config.init_from and --workdir."""
+  args = shlex.split(hint)
+  assert args[:3] == ["python", "-m", "edsr_jax.main"], hint
+  flags = dict(a[2:].split("=", 1) for a in args[3:])
+  spec = flags.pop("config")
+  path, _, arg = spec.partition(":")
+  config = config_lib.load_config_file(cwd / path, arg or None)
+  init_from, workdir = flags.pop("config.init_from"), flags.pop("workdir")
+  for key, value in flags.items():
+    assert key.startswith("config.model."), key
+    config.model[key.removeprefix("config.model.")] = ast.literal_eval(value)
+  config.data.train_dir = config.data.val_dir = str(cwd)  # "your data flags"
+  config_lib.validate(config)
+  return config, init_from, workdir
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_cli_hint_fine_tunes_from_a_new_workdir(case, cli):
+  """The last line is a command that trains the imported network from these weights in a
+  new folder (`--config.init_from`), never in the output itself, whose one checkpoint
+  a run in it would rotate out."""
+  proc, info = cli[case]
+  last = proc.stdout.strip().splitlines()[-1]
+  prefix = "fine-tune from it in a new workdir, adding your data flags: "
+  assert last.startswith(prefix), last
+  config, init_from, workdir = hint_config(last.removeprefix(prefix), info["cwd"])
+  assert (info["cwd"] / init_from).resolve() == info["out"].resolve()
+  assert (info["cwd"] / workdir).resolve() == info["out"].with_name(f"{case}_finetuned")
+  saved, _, _ = restore(info["out"])
+  checkpoint.check_same_model(saved, config, str(info["out"]))  # init_from accepts it
+  overrides = [a for a in shlex.split(last) if a.startswith("--config.model.")]
+  if case in ("edsr_baseline_x2", "mdsr"):  # presets; mdsr: the preset with 2 blocks
+    assert len(overrides) == (0 if case == "edsr_baseline_x2" else 1), last
+  assert not (info["cwd"] / workdir).exists()
 
 
 # --------------------------------------------------------------------------------------
@@ -620,6 +683,91 @@ def test_res_scale_defaults_from_the_official_size(edsr_file, tmp_path):
   with pytest.raises(errors.WeightsError, match="pass --res_scale"):
     import_torch.convert(edsr_file, tmp_path / "tiny")
   assert not (tmp_path / "tiny").exists()
+
+
+# `python -m edsr_jax.import_torch ARGS` whose checkpoint save, once done, waits (in the
+# temporary folder, before the swap into --output) until the test has sent its signal:
+# the signal then comes while the write is in progress, every time.
+RUN_CLI_SAVE_WAITS = """
+import os, pathlib, runpy, sys, time
+sys.modules["torch"] = None
+from edsr_jax import checkpoint
+save, sent = checkpoint.save, pathlib.Path(os.environ["TEST_SIGNAL_SENT"])
+
+def save_then_wait(*args, **kwargs):
+  save(*args, **kwargs)
+  pathlib.Path(os.environ["TEST_SAVED"]).touch()
+  deadline = time.monotonic() + 120
+  while not sent.exists() and time.monotonic() < deadline:
+    time.sleep(0.01)
+
+checkpoint.save = save_then_wait
+runpy.run_module("edsr_jax.import_torch", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_sigterm_while_writing_leaves_no_temporary_and_the_output_as_it_was(edsr_file, tmp_path):
+  """A real SIGTERM during `import_torch --overwrite`'s write: exit 143 with one line, the
+  temporary folder removed, the checkpoints already in --output untouched. The write also
+  removed the temporary folder a killed (SIGKILL) write had left, and kept that of a
+  write still running."""
+  out = tmp_path / "run"
+  import_torch.convert(edsr_file, out, res_scale=1.0)
+  before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  stale = tmp_path / f".run.write-tmp-{dead.pid}-0123abcd"  # left by a SIGKILL
+  (stale / "checkpoints" / "0.orbax-checkpoint-tmp").mkdir(parents=True)
+  live = tmp_path / f".run.write-tmp-{os.getpid()}-89abcdef"
+  live.mkdir()
+  saved, sent = tmp_path / "saved", tmp_path / "sent"
+  other = save(tiny_edsr(seed=9), tmp_path / "other.pt")
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+  env.update(TEST_SAVED=str(saved), TEST_SIGNAL_SENT=str(sent))
+  flags = [f"--input={other}", f"--output={out}", "--res_scale=1", "--overwrite"]
+  proc = subprocess.Popen(
+    [sys.executable, "-c", RUN_CLI_SAVE_WAITS, *flags],
+    cwd=REPO_ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  deadline = time.monotonic() + 120
+  while not saved.exists():
+    assert proc.poll() is None, proc.communicate()
+    assert time.monotonic() < deadline
+    time.sleep(0.01)
+  writing = list(tmp_path.glob(f".run.write-tmp-{proc.pid}-*"))
+  assert len(writing) == 1 and (writing[0] / "checkpoints" / "0").is_dir()
+  proc.send_signal(signal.SIGTERM)
+  sent.touch()
+  stdout, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 143, stderr
+  assert "Traceback" not in stderr, stderr
+  assert stderr.strip().splitlines()[-1] == (
+    "stopped by SIGTERM; nothing half-written was left behind"
+  )
+  assert "wrote" not in stdout
+  assert sorted(p.name for p in tmp_path.glob(".run.write-tmp-*")) == [live.name]
+  assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_stale_temporaries_are_removed_and_a_swap_cut_short_is_undone(tmp_path):
+  """What a SIGKILL leaves beside an output: the next write removes it; one killed between
+  moving the old checkpoints aside and moving the new ones in gives the old ones back."""
+  out = tmp_path / "run"
+  out.mkdir()
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  stale = tmp_path / f".run.write-tmp-{dead.pid}-0123abcd"
+  (stale / "replaced-checkpoints" / "0").mkdir(parents=True)
+  (stale / "replaced-checkpoints" / "0" / "weights").write_text("old")
+  other = tmp_path / f".other.write-tmp-{dead.pid}-0123abcd"  # another output's: kept
+  other.mkdir()
+  assert export.remove_stale_temporaries(str(out)) == [str(stale)]
+  assert (out / "checkpoints" / "0" / "weights").read_text() == "old"
+  assert not stale.exists() and other.exists()
 
 
 def test_refuses_to_overwrite_checkpoints(edsr_file, tmp_path):
