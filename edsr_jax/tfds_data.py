@@ -15,7 +15,8 @@ import functools
 import hashlib
 import os
 import re
-from collections.abc import Sequence
+import shlex
+from collections.abc import Mapping, Sequence
 
 import jax
 from absl import app, flags
@@ -29,6 +30,12 @@ _SPLITS = {"train": "train", "valid": "validation", "validation": "validation"}
 
 TFDS_KINDS = ("bicubic", "unknown")
 _TFDS_NAME = re.compile(r"div2k/(?P<kind>[a-z]+)_x(?P<scale>\{scale\}|\d+)")
+
+
+# What the user calls each folder in messages: the config keys (training, evaluate), or
+# the flags of `python -m edsr_jax.tfds_data`.
+CONFIG_KEYS = {"data_dir": "config.data.tfds_data_dir", "manual_dir": "config.data.tfds_manual_dir"}
+CLI_FLAGS = {"data_dir": "--data_dir", "manual_dir": "--manual_dir"}
 
 
 def tfds_names(name: str, scales: Sequence[int]) -> dict[int, str]:
@@ -83,19 +90,45 @@ def _archive_size(builder) -> str:
   return f"{size / 1e9:.2f} GB"
 
 
-def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None):
-  """Prepares one div2k config (a no-op if it is): from `manual_dir`, else downloads."""
+def _failed_download(error: BaseException, tfds) -> bool:
+  """Whether `error` is a download that failed (no network, a proxy, a server error):
+  TFDS's DownloadError, or what `requests` raises (OSErrors too)."""
+  module = type(error).__module__.split(".")[0]
+  return isinstance(error, tfds.download.DownloadError) or module in ("requests", "urllib3")
+
+
+def prepare(
+  name: str,
+  data_dir: str | None = None,
+  manual_dir: str | None = None,
+  *,
+  names: Mapping[str, str] = CONFIG_KEYS,
+):
+  """Prepares one div2k config (a no-op if it is): from `manual_dir`, else downloads.
+
+  Messages name the folders as `names` says: the config keys (CONFIG_KEYS), or the
+  command-line flags (CLI_FLAGS).
+  """
+  if data_dir and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise errors.ConfigError(f"{names['data_dir']}={data_dir}: exists and is not a folder")
   _, tfds = _import_tfds()
   builder = _builder(name, data_dir)
   if builder.is_prepared():
     return builder
+  archives = ", ".join(archive_names(builder))
   if manual_dir:
+    if not os.path.isdir(manual_dir):
+      problem = "is not a folder" if os.path.exists(manual_dir) else "does not exist"
+      raise errors.ConfigError(
+        f"{names['manual_dir']}={manual_dir} {problem} (looked at "
+        f"{os.path.abspath(manual_dir)}); give the folder holding {archives} as "
+        "downloaded from https://data.vision.ee.ethz.ch/cvl/DIV2K/"
+      )
     missing = [f for f in archive_names(builder) if not epath.Path(manual_dir, f).exists()]
     if missing:  # TFDS would silently download these
       raise errors.ConfigError(
-        f"{name}: the archive folder {manual_dir} (config.data.tfds_manual_dir) lacks "
-        f"{', '.join(missing)}; it needs {', '.join(archive_names(builder))} as "
-        "downloaded from https://data.vision.ee.ethz.ch/cvl/DIV2K/, unrenamed"
+        f"{names['manual_dir']}={manual_dir} lacks {', '.join(missing)}: {name} needs "
+        f"{archives} as downloaded from https://data.vision.ee.ethz.ch/cvl/DIV2K/, unrenamed"
       )
   config = tfds.download.DownloadConfig(manual_dir=manual_dir or None, try_download_gcs=False)
   try:
@@ -105,6 +138,20 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
       f"{name}: an archive is not the official DIV2K file (its size or "
       f"sha256 differs from the registered one); replace it:\n{e}"
     ) from None
+  except (OSError, tfds.download.DownloadError) as e:
+    if _failed_download(e, tfds):
+      raise errors.ConfigError(
+        f"{name}: cannot download its archives ({errors.one_line(e)[:300]}); offline, "
+        f"download {archives} elsewhere and give their folder as {names['manual_dir']}"
+      ) from None
+    where = (
+      f"{names['data_dir']}={data_dir}"
+      if data_dir
+      else f"TFDS's default data dir (choose another with {names['data_dir']})"
+    )
+    raise errors.ConfigError(
+      f"{where}: cannot prepare {name} there: {e.strerror or errors.one_line(e)} ({e.filename})"
+    ) from None
   return builder
 
 
@@ -112,7 +159,7 @@ def _ready_builder(name: str, data_dir: str | None, manual_dir: str | None):
   builder = _builder(name, data_dir)
   if builder.is_prepared():
     return builder
-  where = f" --data_dir={data_dir}" if data_dir else ""
+  where = f" --data_dir={shlex.quote(data_dir)}" if data_dir else ""
   if not manual_dir:
     raise errors.ConfigError(
       f"{name} is not prepared in {builder.data_dir} (config.data.tfds_data_dir="
@@ -124,7 +171,7 @@ def _ready_builder(name: str, data_dir: str | None, manual_dir: str | None):
     raise errors.ConfigError(
       f"{name} is not prepared in {builder.data_dir}; prepare it before a "
       f"multi-process run: python -m edsr_jax.tfds_data --name={name}{where} "
-      f"--manual_dir={manual_dir}"
+      f"--manual_dir={shlex.quote(manual_dir)}"
     )
   return prepare(name, data_dir, manual_dir)
 
@@ -237,13 +284,14 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   for name in flags.FLAGS.name:
-    m = re.fullmatch(r".*_x(\d+)", name)
-    if not m:
+    m = _TFDS_NAME.fullmatch(name)
+    if not m or m["kind"] not in TFDS_KINDS or m["scale"] not in ("2", "3", "4"):
       raise errors.UserError(
-        f"--name {name!r}: give configs with their scale, e.g. div2k/bicubic_x2"
+        f"--name={name} is not a div2k config: allowed div2k/<kind>_x<s> with kind one of "
+        f"{', '.join(TFDS_KINDS)} and s one of 2, 3, 4, e.g. div2k/bicubic_x2 (a list: "
+        "--name=div2k/bicubic_x2,div2k/bicubic_x3)"
       )
-    tfds_names(name, [int(m[1])])
-    builder = prepare(name, flags.FLAGS.data_dir, flags.FLAGS.manual_dir)
+    builder = prepare(name, flags.FLAGS.data_dir, flags.FLAGS.manual_dir, names=CLI_FLAGS)
     splits = builder.info.splits
     print(
       f"{name}: prepared in {builder.data_dir} ({splits['train'].num_examples} train, "

@@ -280,6 +280,69 @@ def test_cli_prepares_a_config(div2k, tmp_path):
   assert (data_dir / "div2k" / "bicubic_x3" / "2.0.0" / "dataset_info.json").is_file()
 
 
+def test_cli_errors_name_its_flags(tmp_path):
+  """`python -m edsr_jax.tfds_data`'s errors name its flags (--manual_dir, --data_dir,
+  --name), not the config keys training uses, and leave the folders as they were: a
+  missing --manual_dir is said not to exist, where it was looked for."""
+  (tmp_path / "a_file").write_text("not a folder")
+  cases = {
+    "no_manual_dir": (
+      ["--name=div2k/bicubic_x3", "--data_dir=tfds", "--manual_dir=zips"],
+      f"--manual_dir=zips does not exist (looked at {tmp_path / 'zips'}); give the folder "
+      "holding DIV2K_train_LR_bicubic_X3.zip",
+    ),
+    "data_dir_is_a_file": (["--data_dir=a_file"], "--data_dir=a_file: exists and is not a folder"),
+    "bad_name": (
+      ["--name=div2k/bicubic_x{scale}", "--data_dir=tfds"],
+      "--name=div2k/bicubic_x{scale} is not a div2k config: allowed div2k/<kind>_x<s>",
+    ),
+  }
+  procs = {
+    case: subprocess.Popen(
+      [sys.executable, "-m", "edsr_jax.tfds_data", *args],
+      cwd=tmp_path,
+      env=dict(os.environ, PYTHONPATH=str(REPO)),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for case, (args, _) in cases.items()
+  }
+  for case, proc in procs.items():
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, (case, stderr[-3000:])
+    assert "Traceback" not in stderr, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: " + cases[case][1]), (case, last)
+    assert "config." not in last, last
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # no tfds/ made
+  assert (tmp_path / "a_file").read_text() == "not a folder"
+
+
+def test_prepare_names_the_cli_flags_when_asked(tmp_path, monkeypatch):
+  """The messages of `prepare` as the CLI gives them (names=CLI_FLAGS): an archive folder
+  that lacks zips, and a download that fails (offline, say), which says how to go on."""
+  manual = tmp_path / "zips"
+  manual.mkdir()
+  with pytest.raises(ConfigError, match=r"^--manual_dir=\S+/zips lacks DIV2K_train_LR_bicubic_X2"):
+    tfds_data.prepare(
+      "div2k/bicubic_x2", str(tmp_path / "tfds"), str(manual), names=tfds_data.CLI_FLAGS
+    )
+  import requests
+  import tensorflow_datasets as tfds
+
+  def offline(self, **kwargs):
+    raise requests.exceptions.ConnectionError("Failed to resolve 'data.vision.ee.ethz.ch'")
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+  for names, flag in ((tfds_data.CLI_FLAGS, "--manual_dir"), (tfds_data.CONFIG_KEYS, "config.")):
+    with pytest.raises(ConfigError) as refused:
+      tfds_data.prepare("div2k/bicubic_x2", str(tmp_path / "tfds"), names=names)
+    message = str(refused.value)
+    assert message.startswith("div2k/bicubic_x2: cannot download its archives (Failed to resolve")
+    assert f"give their folder as {flag}" in message, message
+
+
 def test_training_runs_on_the_prepared_dataset(div2k, tmp_path):
   workdir = tmp_path / "run"
   result = subprocess.run(
