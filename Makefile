@@ -9,10 +9,18 @@ DEMO_ARGS ?=
 EDSR_SHARED_DATA ?= $(abspath ../shared/data)
 export EDSR_SHARED_DATA
 PYTEST_ARGS ?=
-# `make upscale IMAGES="photo.png more/"`: the shipped EDSR (pretrained/) on your images.
+# `make upscale IMAGES=photo.png`: the shipped EDSR (pretrained/) on your images.
+# IMAGES is one image file or folder, or several separated by spaces. When IMAGES as a
+# whole names an existing file or folder, it is that one path, spaces and all
+# (IMAGES="my photos/a b.png"); otherwise it is split at spaces. Several paths that
+# contain spaces: put the images in one folder and name the folder. Relative paths
+# (IMAGES, OUT) are read from this folder, the repository root, where make runs (also
+# with `make -C`); errors name the absolute path looked at. SCALE: 2, 3 or 4 (x2, X3 are
+# read as 2, 3). OUT: the folder the results go to, <name>_x<SCALE>_SR.png.
 IMAGES ?=
 SCALE ?= 2
 OUT ?= out
+UPSCALE_SCALE = $(patsubst x%,%,$(patsubst X%,%,$(strip $(SCALE))))
 
 .PHONY: demo upscale test test-slow lint format venv lock clean
 
@@ -48,10 +56,28 @@ venv: $(VENV)/.test
 demo: $(VENV)/.project
 	$(VENV)/bin/python -m edsr_jax.demo --config=configs/demo.py --workdir=$(WORKDIR) $(DEMO_ARGS)
 
+# IMAGES and OUT reach the recipe's shell as environment variables, never as text pasted
+# into it, so quotes and other characters in paths are taken literally.
+upscale: export IMAGES := $(IMAGES)
+upscale: export OUT := $(OUT)
 upscale: $(VENV)/.project
-	$(if $(IMAGES),,$(error name your images: make upscale IMAGES="photo.png [more.jpg folder/]" [SCALE=3|4] [OUT=out]))
-	$(if $(filter 2 3 4,$(SCALE)),,$(error SCALE=$(SCALE): the shipped models are x2, x3 and x4))
-	$(VENV)/bin/python -m edsr_jax.upscale --checkpoint=pretrained/edsr_291_x$(SCALE) --output_dir=$(OUT) $(IMAGES)
+	$(if $(strip $(IMAGES)),,$(error name your images: make upscale IMAGES="photo.png [more.jpg folder/]" [SCALE=3|4] [OUT=out]))
+	$(if $(filter-out 2 3 4,$(UPSCALE_SCALE))$(filter-out 1,$(words $(UPSCALE_SCALE))),$(error SCALE=$(SCALE): the shipped models are x2, x3 and x4: give the number, 2, 3 or 4))
+	@set -f; \
+	abs() { case $$1 in /*) printf '%s' "$$1";; \~/*) printf '%s/%s' "$$HOME" "$${1#??}";; *) printf '%s/%s' "$$(pwd)" "$$1";; esac; }; \
+	if [ -e "$$(abs "$$IMAGES")" ]; then set -- "$$IMAGES"; else set -- $$IMAGES; fi; \
+	found=; missing=; \
+	for image do \
+	  shift; image=$$(abs "$$image"); set -- "$$@" "$$image"; \
+	  if [ -e "$$image" ]; then found=1; else missing="$$missing$${missing:+, }$$image"; fi; \
+	done; \
+	if [ -z "$$found" ]; then \
+	  if [ $$# -gt 1 ]; then missing="$$(abs "$$IMAGES") as one path, nor $$missing as $$# paths"; fi; \
+	  echo "error: IMAGES=\"$$IMAGES\": no such file or folder: $$missing (relative paths are read from $$(pwd), where make runs)" >&2; \
+	  exit 1; \
+	fi; \
+	exec $(VENV)/bin/python -m edsr_jax.upscale --checkpoint=pretrained/edsr_291_x$(UPSCALE_SCALE) \
+	  --output_dir="$$(abs "$$OUT")" "$$@"
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
