@@ -221,7 +221,11 @@ def run(
       try:
         if start_jax_first and "jax" in sys.modules:
           start_jax()
-        return main(argv)
+        status = main(argv)
+        # Done: a SIGTERM while the interpreter exits (atexit handlers) just ends it, 143.
+        if threading.current_thread() is threading.main_thread():
+          signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        return status
       except errors.Terminated:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         log("stopped by SIGTERM; nothing half-written was left behind")

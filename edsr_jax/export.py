@@ -2,7 +2,7 @@ r"""Writes the parameters of a trained run as a small new workdir: weights to sh
 
 Usage:
   python -m edsr_jax.export --checkpoint=runs/edsr_291_x2 --output=pretrained/edsr_291_x2 \
-      [--nouse_ema] [--overwrite]
+      [--nouse_ema] [--overwrite] [--format=checkpoint|savedmodel|tflite|onnx] [--scale=N]
 
 `--checkpoint` is what `evaluate` takes: a workdir (its latest checkpoint) or one step
 directory. The output has the layout `import_torch` writes,
@@ -20,6 +20,10 @@ as the last line printed says, with the config of the exported network (not with
 delete the exported one). `<output>/export.json` (`checkpoint.EXPORT_RECORD`)
 records where the parameters came from. An output that already holds checkpoints is
 refused unless --overwrite.
+
+With --format=savedmodel, tflite or onnx (and --scale for MDSR), it writes the network
+instead as a model for TensorFlow / TF Serving, LiteRT or ONNX Runtime / OpenCV (uint8
+RGB in and out, any size; docs/deploy.md), with the same refusals.
 
 Problems (no such checkpoint, unreadable files, an output that cannot be written) end
 the run with a one-line message and exit status 1; nothing is left half-written, also
@@ -43,7 +47,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from edsr_jax import checkpoint, cli, config_lib, errors, train
+from edsr_jax import checkpoint, cli, config_lib, deploy, errors, train
 
 FLAGS = flags.FLAGS
 
@@ -59,7 +63,19 @@ def _define_flags() -> None:
     "Export the EMA of the parameters (the default when the run kept one) or, with "
     "--nouse_ema, the parameters themselves.",
   )
-  flags.DEFINE_bool("overwrite", False, "Replace the checkpoints already in --output.")
+  flags.DEFINE_bool(
+    "overwrite", False, "Replace the checkpoints (or the exported model) already in --output."
+  )
+  flags.DEFINE_enum(
+    "format",
+    "checkpoint",
+    ["checkpoint", *deploy.FORMATS],
+    "checkpoint: a small workdir (the default); savedmodel (a folder), tflite or onnx (a "
+    "file): the network for other runtimes, uint8 RGB in and out, any size (docs/deploy.md).",
+  )
+  flags.DEFINE_integer(
+    "scale", None, "With savedmodel/tflite/onnx: the scale to export (needed for MDSR)."
+  )
 
 
 class OutputError(errors.CheckpointError):
@@ -322,6 +338,34 @@ def _overlaps(a: str, b: str) -> bool:
   return a == b or a.startswith(b + os.sep) or b.startswith(a + os.sep)
 
 
+def _refuse_overlap(output: str, source_run) -> None:
+  if _overlaps(output, str(source_run)):
+    raise OutputError(
+      output,
+      f"the run being exported ({source_run}) is this folder, inside it or around it; "
+      "an export there could replace its checkpoints: write it to a folder of its own",
+    )
+
+
+def export_model(
+  path: str,
+  fmt: str,
+  output: str,
+  use_ema: bool | None = None,
+  scale: int | None = None,
+  overwrite: bool = False,
+) -> dict:
+  """Writes the network of checkpoint `path` as a SavedModel, TFLite or ONNX model
+  (`edsr_jax.deploy`); returns the record the artifact carries. The same refusals as
+  `export`: an `output` that overlaps the source run, or exists (without `overwrite`)."""
+  output = os.fspath(output)
+  _refuse_overlap(output, checkpoint.find_step_dir(path).parent.parent)
+  if os.path.lexists(output) and not overwrite:
+    raise OutputError(output, "exists; refusing to overwrite it", exists=True)
+  restored = checkpoint.load_params(path, use_ema)
+  return deploy.export(restored, fmt, output, scale=scale, overwrite=overwrite)
+
+
 def export(path: str, output: str, use_ema: bool | None = None, overwrite: bool = False) -> dict:
   """Writes the parameters of checkpoint `path` as the workdir `output`; returns a summary.
 
@@ -332,13 +376,7 @@ def export(path: str, output: str, use_ema: bool | None = None, overwrite: bool 
   could replace the run's own checkpoints.
   """
   output = os.fspath(output)
-  source_run = checkpoint.find_step_dir(path).parent.parent
-  if _overlaps(output, str(source_run)):
-    raise OutputError(
-      output,
-      f"the run being exported ({source_run}) is this folder, inside it or around it; "
-      "an export there could replace its checkpoints: write it to a folder of its own",
-    )
+  _refuse_overlap(output, checkpoint.find_step_dir(path).parent.parent)
   existing = check_fresh_output(output, overwrite)
   restored = checkpoint.load_params(path, use_ema)
   config = restored.config.copy_and_resolve_references()
@@ -359,6 +397,25 @@ def export(path: str, output: str, use_ema: bool | None = None, overwrite: bool 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.format != "checkpoint":
+    try:
+      info = export_model(
+        FLAGS.checkpoint, FLAGS.format, FLAGS.output, FLAGS.use_ema, FLAGS.scale, FLAGS.overwrite
+      )
+    except OutputError as e:
+      raise e.for_flag() from None
+    except errors.UserError:
+      raise
+    except ValueError as e:  # Upscaler.resolve_scale: --scale against the model's scales
+      raise errors.UserError(f"--scale: {e}") from None
+    what = "EMA of the parameters" if info["ema"] else "parameters"
+    print(
+      f"exported the {what} of {info['source']} (step {info['step']}) as {FLAGS.format}, "
+      f"x{info['scale']}, uint8 RGB (batch, height, width, 3) in, any size: {FLAGS.output}"
+    )
+    return
+  if FLAGS.scale is not None:
+    raise app.UsageError("--scale is for --format=savedmodel, tflite or onnx (one scale each)")
   try:
     summary = export(FLAGS.checkpoint, FLAGS.output, FLAGS.use_ema, FLAGS.overwrite)
   except OutputError as e:

@@ -31,6 +31,10 @@ are refused; any size is read. The output PNG keeps what the input had:
 - the ICC colour profile is stored in the output; where it cannot be (a CMYK image is
   converted to RGB, or the profile does not fit the output), a `warning:` line says so.
 
+With --runtime=onnxruntime, --checkpoint is an ONNX model written by `export
+--format=onnx`: onnxruntime runs it on exactly the tiles and batches the JAX network would
+get (no --self_ensemble).
+
 Large images are upscaled in tiles (`--tile_size`, LR pixels; default automatic, 0 =
 whole image) with output identical to the untiled network. Every tile is computed with
 a halo: as many extra pixels on each side as the network sees around a pixel (for EDSR
@@ -58,7 +62,7 @@ import time
 import numpy as np
 from absl import flags
 
-from edsr_jax import cli, errors, image_io, imresize, inference
+from edsr_jax import cli, deploy, errors, image_io, imresize, inference
 
 FLAGS = flags.FLAGS
 
@@ -85,6 +89,13 @@ def _define_flags() -> None:
     f"that many extra pixels on every side, so a smaller tile (over {MAX_TILE_WORK}x its "
     "work) is refused.",
     lower_bound=0,
+  )
+  flags.DEFINE_enum(
+    "runtime",
+    "jax",
+    ["jax", "onnxruntime"],
+    "jax: --checkpoint is a run or step directory; onnxruntime: --checkpoint is an .onnx "
+    "file written by `export --format=onnx`, run by onnxruntime with the same tiles.",
   )
   flags.DEFINE_bool(
     "use_ema",
@@ -225,7 +236,15 @@ def main(argv: list[str]) -> int:
   if output_dir.exists() and not output_dir.is_dir():
     raise errors.UserError(f"--output_dir {output_dir} exists and is not a folder")
 
-  upscaler = inference.load(FLAGS.checkpoint, use_ema=FLAGS.use_ema)
+  if FLAGS.runtime == "onnxruntime":
+    if FLAGS.self_ensemble or FLAGS.use_ema is not None:
+      raise errors.UserError(
+        "--runtime=onnxruntime runs the exported network as it is: drop --self_ensemble "
+        "and --use_ema (choose the parameters when exporting)"
+      )
+    upscaler = deploy.load_onnx(FLAGS.checkpoint)
+  else:
+    upscaler = inference.load(FLAGS.checkpoint, use_ema=FLAGS.use_ema)
   try:
     scale = upscaler.resolve_scale(FLAGS.scale)
   except ValueError as e:  # the library's check of its argument, here a flag

@@ -96,14 +96,20 @@ COMMANDS = {
   ),
   "--config.batch_size=64": "test_override_flags",
   "from edsr_jax import config_lib, train": "test_notebook_training_snippet",
-  ".venv/bin/python -m edsr_jax.upscale": "test_upscale",
+  ".venv/bin/python -m edsr_jax.upscale --checkpoint=runs/": "test_upscale",
+  ".venv/bin/python -m edsr_jax.upscale --checkpoint=exported/": "test_deploy_page",
   ".venv/bin/python -m edsr_jax.evaluate --checkpoint=runs/x2": "test_evaluate_then_score",
   # And, as written (all three sets), test_shipped_weights_reproduce_the_whole_table (slow).
   ".venv/bin/python -m edsr_jax.evaluate --checkpoint=pretrained/": (
     "test_shipped_weights_reproduce_the_readme_on_set5"
   ),
   ".venv/bin/python -m edsr_jax.main --config=configs/edsr_291.py": "test_291_recipe",
-  ".venv/bin/python -m edsr_jax.export": "test_291_recipe",
+  ".venv/bin/python -m edsr_jax.export --checkpoint=runs/": "test_291_recipe",
+  ".venv/bin/python -m edsr_jax.export --checkpoint=pretrained/": "test_deploy_page",
+  "import numpy as np, onnxruntime": "test_deploy_page",
+  "import numpy as np\nfrom PIL import Image\nfrom edsr_jax import deploy": "test_deploy_page",
+  "import numpy as np\nfrom PIL import Image\nfrom ai_edge_litert": "test_deploy_page",
+  "import numpy as np, tensorflow as tf": "test_deploy_page",
   ".venv/bin/python scripts/plot_validation_curve.py": "test_291_recipe",
   ".venv/bin/python scripts/crop_comparison.py": "test_crop_comparison_of_the_shipped_x4",
   ".venv/bin/python -m edsr_jax.score": "test_evaluate_then_score",
@@ -364,7 +370,7 @@ def test_inference_snippet(readme_copy, demo_run):
 
 
 def test_upscale(readme_copy, x2_run):
-  run(readme_copy, doc_command(".venv/bin/python -m edsr_jax.upscale"))
+  run(readme_copy, doc_command(".venv/bin/python -m edsr_jax.upscale --checkpoint=runs/"))
   from PIL import Image
 
   with Image.open(readme_copy / "out" / "photo_x2_SR.png") as image:
@@ -443,6 +449,32 @@ def test_launch_blocks_dry_run(readme_copy):
   result = run(readme_copy, "set -e\n" + "\n".join(lines))
   assert "queued-resources create edsr-v4" in result.stdout, result.stdout
   assert "--workdir=gs://MY_BUCKET/runs/edsr_x2" in result.stdout
+
+
+def test_deploy_page(readme_copy):
+  """docs/deploy.md as written: the shipped x2 model exported in the three formats, the
+  ONNX model run by `upscale --runtime=onnxruntime`, and each runtime's snippet, whose
+  outputs agree with the JAX network's within 1 grey level."""
+  from edsr_jax import inference
+
+  page = DOCS / "deploy.md"
+  for command in document_commands(page):
+    if command.startswith(".venv/bin/python -m edsr_jax.export"):
+      result = run(readme_copy, command)
+      output = re.search(r"--output=(\S+)", command)[1]
+      assert output in result.stdout and (readme_copy / output).exists()
+  run(readme_copy, doc_command(".venv/bin/python -m edsr_jax.upscale --checkpoint=exported/"))
+  photo = np.asarray(Image.open(readme_copy / "photo.png").convert("RGB"))
+  want = inference.load(REPO / "pretrained" / "edsr_291_x2").upscale(photo).astype(np.int16)
+  with Image.open(readme_copy / "out" / "photo_x2_SR.png") as image:
+    assert np.abs(np.asarray(image).astype(np.int16) - want).max() <= 1
+  snippets = [c for c in document_commands(page) if not c.startswith(".venv/")]
+  assert len(snippets) == 4
+  for snippet in snippets:
+    check = "\nimport numpy\nnumpy.save('sr.npy', sr)"
+    run(readme_copy, f".venv/bin/python -c {shlex.quote(snippet + check)}")
+    got = np.load(readme_copy / "sr.npy").astype(np.int16)
+    assert got.shape == want.shape and np.abs(got - want).max() <= 1, snippet[:40]
 
 
 def test_make_upscale(readme_copy):
@@ -544,7 +576,11 @@ def test_291_recipe(readme_copy):
       assert "init_from" in command and "edsr_291_x2" in result.stderr
   for name in ("x2", "x3", "x4"):
     assert checkpoint_steps(readme_copy / "runs" / f"edsr_291_{name}") == [2]
-  exports = [c for c in doc_commands() if c.startswith(".venv/bin/python -m edsr_jax.export")]
+  exports = [
+    c
+    for c in doc_commands()
+    if c.startswith(".venv/bin/python -m edsr_jax.export --checkpoint=runs/")
+  ]
   assert len(exports) == 3
   try:  # they replace the copy's shipped weights and picture: put them back afterwards
     for command in exports:
