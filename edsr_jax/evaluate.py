@@ -246,6 +246,8 @@ def evaluate_from_flags() -> dict:
   exported = checkpoint.export_record(upscaler.source)
   if exported is not None and isinstance(exported.get("step"), int):
     what = f"exported step {exported['step']}{', EMA' if exported.get('ema') is True else ''}"
+  elif exported is not None and exported.get("imported") is True:
+    what = f"imported from {pathlib.Path(str(exported.get('source'))).name}"
   else:
     what = f"step {pathlib.Path(upscaler.source).name}{', EMA' if upscaler.ema else ''}"
   label = f"{upscaler.config.model.name.upper()}{'+' if FLAGS.self_ensemble else ''} ({what})"
