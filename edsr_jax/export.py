@@ -47,7 +47,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from edsr_jax import checkpoint, cli, config_lib, deploy, errors, train
+from edsr_jax import checkpoint, cli, config_lib, deploy, errors, train, workdir_lock
 
 FLAGS = flags.FLAGS
 
@@ -121,16 +121,6 @@ def _temporary_name(name: str) -> str:
   return f".{name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except OSError:  # PermissionError: another user's process
-    return True
-  return True
-
-
 def remove_stale_temporaries(output: str) -> list[str]:
   """Removes the `.<name>.write-tmp-<pid>-*` folders beside `output` whose process is gone
   (a write stopped by SIGKILL or a power cut, which no cleanup clause outlives); returns
@@ -147,7 +137,7 @@ def remove_stale_temporaries(output: str) -> list[str]:
   removed = []
   for entry in entries:
     m = pattern.fullmatch(entry)
-    if not m or _pid_alive(int(m[1])):
+    if not m or workdir_lock.pid_alive(int(m[1])):
       continue
     stale = os.path.join(parent, entry)
     replaced = os.path.join(stale, _REPLACED)

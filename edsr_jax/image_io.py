@@ -51,7 +51,7 @@ import time
 import numpy as np
 from PIL import Image, ImageOps
 
-from edsr_jax import errors
+from edsr_jax import errors, workdir_lock
 
 # What the pinned Pillow reads (tests/test_image_io.py writes and reads each one).
 IMAGE_EXTENSIONS = (
@@ -325,18 +325,6 @@ def write_image(
     raise
 
 
-def _running(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True  # someone else's process
-  except (OverflowError, ValueError, OSError):
-    return False
-  return pid > 0
-
-
 def remove_stale_temp_files(
   folder: str | os.PathLike, min_age_s: float = 60.0
 ) -> list[pathlib.Path]:
@@ -350,7 +338,7 @@ def remove_stale_temp_files(
   with contextlib.suppress(OSError):
     for p in pathlib.Path(folder).iterdir():
       match = _TEMP_NAME.fullmatch(p.name)
-      if match is None or _running(int(match["pid"])):
+      if match is None or workdir_lock.pid_alive(int(match["pid"])):
         continue
       try:
         info = p.lstat()
