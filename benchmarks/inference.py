@@ -1,7 +1,10 @@
-r"""Whole-image inference: our tiled upscaler next to the official code's `forward_chop`.
+r"""Whole-image inference: our tiled upscaler next to the official code's `forward_chop`, and
+next to the same network exported (SavedModel, TFLite, ONNX) in the runtimes people deploy with.
 
   python benchmarks/inference.py                    # EDSR baseline; 510x339 x4, 1920x1080 x2
+  python benchmarks/inference.py --sizes=510x339x4  # one image (minutes on a 2-core CPU)
   python benchmarks/inference.py --network=full --peak_tflops=989   # e.g. on an H100
+  python benchmarks/inference.py --exported=none    # without the exported models
   python benchmarks/inference.py --smoke            # a tiny network and images (the tests)
 
 One network with the same random weights on both sides: the official architecture in
@@ -16,7 +19,23 @@ uint8 images of the given LR sizes (WxH). Rows per image:
 - official forward_chop: the official code's tiled inference (`--chop`) reimplemented
   below: four quadrants with `shave=10` LR pixels of overlap, recursing while a quadrant
   has `min_size=160000` pixels or more, no blending; one quadrant per call (one GPU);
-- official, untiled: the whole image through the PyTorch network, the reference for it.
+- official, untiled: the whole image through the PyTorch network, the reference for it;
+- the exported models (`--exported`), on the CPU whatever `--device` says: our network
+  with the same weights written by `edsr_jax.deploy.export` (a child process, once per
+  scale; each export's time, imports excluded, and each artifact's size on disk are a
+  second table), each artifact loaded and run on the whole image, untiled, uint8 in and
+  out, by its runtime: "TensorFlow SavedModel" (`tf.saved_model.load`, its
+  `serving_default` signature; the StableHLO inside runs through TensorFlow's XLA),
+  "LiteRT .tflite" (the `ai_edge_litert` Interpreter's signature runner, `num_threads` =
+  the CPU count), "onnxruntime .onnx" (an `InferenceSession` on `CPUExecutionProvider`),
+  "OpenCV dnn .onnx" (`cv2.dnn.readNetFromONNX`); and "onnxruntime .onnx, our tiles"
+  (`deploy.load_onnx(path).upscale(image)`: onnxruntime in exactly our auto tiles and
+  batches). Their max |diff| and differ are against "ours, untiled" (the runtimes sum the
+  convolutions in other orders: at most 1 grey level on a few values is expected).
+  `--exported=auto` (the default) runs them all when the run is on a CPU (no CUDA for
+  PyTorch) and TensorFlow, LiteRT, onnxruntime, OpenCV and jax2onnx are importable, else
+  none (a line says why); `all`, `none` or a list of savedmodel, tflite, onnxruntime,
+  opencv, onnx_tiles asks for exactly those. `--smoke` runs them on its first image only.
 
 Columns: tiles (forward_chop: quadrants) and calls to the network; LR megapixels pushed
 through it (overlaps included); time of a run after one warm-up run (compilation, cuDNN
@@ -25,19 +44,21 @@ network on this image (work done more than once in overlaps is not counted) / ti
 MFU against `--peak_tflops`; peak memory; and the largest difference of the uint8 output
 from the same side's untiled output (ours must be 0: tiling is exact by construction;
 forward_chop's 10-pixel overlap is less than the network's receptive field, so its seams
-differ).
+differ; the exported models: from "ours, untiled").
 
 Memory: on a GPU the allocator's peak (JAX `peak_bytes_in_use`, PyTorch
 `max_memory_allocated`), weights included; on a CPU the process's peak resident memory
-(VmHWM), libraries included ("setup" is the peak before the first run). Each row runs in
-its own process. On a CPU, untiled rows whose activations would not fit in 40% of the
-available memory are skipped (an estimate; never run into the OOM killer on a shared
-host). For the memory bound of our tiling on very large images (2040x1356 x4, 4K x2) see
+(VmHWM), libraries included ("setup" is the peak before the first run: the runtime and
+the loaded model). Each row runs in its own process. On a CPU, untiled rows whose
+activations would not fit in 40% of the available memory are skipped (an estimate; never
+run into the OOM killer on a shared host); so are the exported models' whole-image rows.
+For the memory bound of our tiling on very large images (2040x1356 x4, 4K x2) see
 benchmarks/tiled_inference.py.
 
 `--device=auto`: PyTorch on CUDA when available, JAX on its default backend; `--dtype`
 float32 (TF32 convolutions on GPU on both sides, their defaults) or bfloat16 (ours with a
-bfloat16 compute dtype, PyTorch under `torch.autocast`).
+bfloat16 compute dtype, PyTorch under `torch.autocast`); the exported models compute in
+float32 either way (`deploy.export`).
 """
 
 from __future__ import annotations
@@ -57,6 +78,24 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NETWORKS = {"tiny": (4, 8, 1.0), "baseline": (16, 64, 1.0), "full": (32, 256, 0.1)}
 DEFAULT_SIZES = "510x339x4,1920x1080x2"
 SMOKE_SIZES = "61x47x2,40x33x4"
+# --exported: runtime -> (row label, artifact format, whole image untiled)
+RUNTIMES = {
+  "savedmodel": ("TensorFlow SavedModel", "savedmodel", True),
+  "tflite": ("LiteRT .tflite", "tflite", True),
+  "onnxruntime": ("onnxruntime .onnx", "onnx", True),
+  "opencv": ("OpenCV dnn .onnx", "onnx", True),
+  "onnx_tiles": ("onnxruntime .onnx, our tiles", "onnx", False),
+}
+ARTIFACTS = {"savedmodel": "savedmodel/", "tflite": "model.tflite", "onnx": "model.onnx"}
+# What each runtime / format needs (the export child checks them before anything slow).
+RUNTIME_MODULES = {
+  "savedmodel": ("tensorflow",),
+  "tflite": ("ai_edge_litert.interpreter",),
+  "onnxruntime": ("onnxruntime",),
+  "opencv": ("cv2",),
+  "onnx_tiles": ("onnxruntime",),
+}
+FORMAT_MODULES = {"savedmodel": ("tensorflow",), "tflite": ("tensorflow",), "onnx": ("jax2onnx",)}
 
 
 def _status_bytes(key: str, path: str = "/proc/self/status") -> int | None:
@@ -91,6 +130,30 @@ def random_image(h: int, w: int):
   import numpy as np
 
   return np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def parse_exported(text: str, on_cpu: bool) -> tuple[list[str], bool]:
+  """--exported -> (the runtimes to run, whether chosen automatically)."""
+  if text == "auto":
+    return (list(RUNTIMES) if on_cpu else []), True
+  if text in ("none", ""):
+    return [], False
+  if text == "all":
+    return list(RUNTIMES), False
+  names = [name.strip() for name in text.split(",")]
+  unknown = [name for name in names if name not in RUNTIMES]
+  if unknown:
+    raise ValueError(
+      f"--exported: unknown {', '.join(unknown)}; auto, all, none or some of {', '.join(RUNTIMES)}"
+    )
+  return [name for name in RUNTIMES if name in names], False
+
+
+def disk_bytes(path: pathlib.Path) -> int:
+  """A file's size, or a folder's (every file below it)."""
+  if path.is_dir():
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+  return path.stat().st_size
 
 
 # ------------------------------------------------------------------ the official chop
@@ -145,25 +208,37 @@ def _timed_runs(run, repeats: int) -> tuple[float, float, object]:
   return first, (first if best is None else best), out
 
 
-def ours_child(spec: dict) -> dict:
-  import jax
-  import jax.numpy as jnp
+def our_network(spec: dict, dtype: str):
+  """(config, params): our network with the official-layout weights of `spec`, converted."""
   import numpy as np
 
   sys.path.insert(0, str(ROOT))
-  from edsr_jax import config_lib, inference, models, torch_weights
+  from edsr_jax import config_lib, torch_weights
 
   blocks, features, res_scale = NETWORKS[spec["network"]]
-  w, h, scale = spec["size"]
+  scale = spec["size"][2]
   state = dict(np.load(spec["weights"]))
   arch = torch_weights.Architecture("edsr", blocks, features, (scale,))
   torch_weights.check_state_dict(state, arch)
   config = config_lib.base_config()
   config.model.num_blocks, config.model.num_features = blocks, features
   config.model.res_scale, config.model.scales = res_scale, (scale,)
-  config.model.dtype = spec["dtype"]
+  config.model.dtype = dtype
+  return config, torch_weights.to_flax_params(state, arch)
+
+
+def ours_child(spec: dict) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  sys.path.insert(0, str(ROOT))
+  from edsr_jax import inference, models
+
+  w, h, scale = spec["size"]
+  config, params = our_network(spec, spec["dtype"])
   device = jax.devices()[0]
-  params = jax.device_put(torch_weights.to_flax_params(state, arch), device)
+  params = jax.device_put(params, device)
   upscaler = inference.Upscaler(config, params)
   image = random_image(h, w)
   result = {
@@ -258,7 +333,144 @@ def official_child(spec: dict) -> dict:
   return result
 
 
-CHILDREN = {"ours": ours_child, "official": official_child}
+def export_child(spec: dict) -> dict:
+  """Writes our network (float32) in each of `spec["formats"]` to `spec["dir"]`:
+  {format: {path, bytes, seconds} or {error}}; or {missing} when a module that the
+  runtimes or the exporters need is not importable and `spec["auto"]` (then nothing runs)."""
+  import importlib
+
+  needed = {m for r in spec["runtimes"] for m in RUNTIME_MODULES[r]}
+  needed |= {m for f in spec["formats"] for m in FORMAT_MODULES[f]}
+  # TensorFlow first: where it is missing (the GPU image), auto mode stops in a moment.
+  for name in sorted(needed, key=lambda m: (m != "tensorflow", m)):
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      if spec["auto"]:
+        return {"missing": f"{name}: {e}"}
+
+  import jax
+  import numpy as np
+
+  sys.path.insert(0, str(ROOT))
+  from edsr_jax import checkpoint, deploy, errors
+
+  config, params = our_network(spec, "float32")
+  step_dir = pathlib.Path(spec["dir"], "0")  # Restored.step is the folder's name
+  restored = checkpoint.Restored(config, params, step_dir, False)
+  leaves = jax.tree.leaves(params)
+  result = {
+    "params": int(sum(np.size(x) for x in leaves)),
+    "params_bytes": int(sum(np.asarray(x).nbytes for x in leaves)),
+  }
+  for fmt in spec["formats"]:
+    path = pathlib.Path(spec["dir"], ARTIFACTS[fmt])
+    start = time.perf_counter()
+    try:
+      deploy.export(restored, fmt, path, overwrite=True)
+    except Exception as e:  # noqa: BLE001 - one format failing leaves the others
+      result[fmt] = {"error": errors.one_line(e)}
+      continue
+    result[fmt] = {
+      "path": str(path),
+      "bytes": disk_bytes(path),
+      "seconds": time.perf_counter() - start,
+    }
+  return result
+
+
+def exported_child(spec: dict) -> dict:
+  """One exported artifact run by one runtime on the CPU, on the whole image (onnx_tiles:
+  in our tiles), uint8 in and out."""
+  import numpy as np
+
+  w, h, scale = spec["size"]
+  image = random_image(h, w)
+  batch = np.ascontiguousarray(image[None])
+  path, runtime = spec["artifact"], spec["runtime"]
+  result = {"platform": "cpu", "device": "cpu", "tiles": 1, "calls": 1, "lr_pixels": h * w}
+  if runtime == "savedmodel":
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    x = tf.constant(batch)
+    result["version"] = f"TensorFlow {tf.__version__}"
+
+    def run():
+      return serve(lr=x)["sr"].numpy()[0]
+
+  elif runtime == "tflite":
+    import ai_edge_litert
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path, num_threads=os.cpu_count())
+    runner = interpreter.get_signature_runner("serving_default")
+    result["version"] = f"LiteRT {ai_edge_litert.__version__}"
+
+    def run():
+      return runner(lr=batch)["sr"][0]
+
+  elif runtime == "onnxruntime":
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    result["version"] = f"onnxruntime {onnxruntime.__version__}"
+
+    def run():
+      return session.run(["sr"], {"lr": batch})[0][0]
+
+  elif runtime == "opencv":
+    import cv2
+
+    net = cv2.dnn.readNetFromONNX(path)
+    result["version"] = f"OpenCV {cv2.__version__}"
+
+    def run():
+      net.setInput(batch)
+      return net.forward()[0]
+
+  elif runtime == "onnx_tiles":
+    import onnxruntime
+
+    sys.path.insert(0, str(ROOT))
+    from edsr_jax import deploy
+
+    upscaler = deploy.load_onnx(path)
+    plan = upscaler.plan(image.shape, scale)
+    result.update(
+      calls=len(plan.calls),
+      tiles=plan.num_tiles,
+      lr_pixels=len(plan.calls) * plan.per_call * plan.window[0] * plan.window[1],
+      version=f"onnxruntime {onnxruntime.__version__}",
+    )
+
+    def run():
+      return upscaler.upscale(image)
+
+  else:
+    raise ValueError(f"unknown runtime {runtime!r}")
+  result["setup"] = _status_bytes("VmHWM")
+  first, best, out = _timed_runs(run, spec["repeats"])
+  out = np.asarray(out)
+  if out.shape != (h * scale, w * scale, 3) or out.dtype != np.uint8:
+    raise ValueError(f"{runtime}: {out.dtype} {out.shape}, not uint8 {(h * scale, w * scale, 3)}")
+  np.save(spec["out"], out)
+  result.update(
+    first_s=first,
+    seconds=best,
+    peak=_status_bytes("VmHWM"),
+    peak_kind="rss",
+    load=os.getloadavg()[0],
+  )
+  return result
+
+
+CHILDREN = {
+  "ours": ours_child,
+  "official": official_child,
+  "export": export_child,
+  "exported": exported_child,
+}
 
 
 def run_child(kind: str, spec: dict, env: dict) -> dict:
@@ -298,6 +510,12 @@ def main() -> None:
   parser.add_argument(
     "--smoke", action="store_true", help=f"tiny network, images {SMOKE_SIZES}, tiles of 8: seconds"
   )
+  parser.add_argument(
+    "--exported",
+    default="auto",
+    help="exported-model rows: auto (all on a CPU run where the runtimes are installed), "
+    f"all, none, or some of {','.join(RUNTIMES)}",
+  )
   parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -323,6 +541,12 @@ def main() -> None:
   if args.device == "cpu":
     env.update(JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
   on_cpu = args.device == "cpu" or not torch.cuda.is_available()
+  try:
+    runtimes, auto = parse_exported(args.exported, on_cpu)
+  except ValueError as e:
+    parser.error(str(e))
+  # The exported models run on the CPU: no GPU for TensorFlow or JAX (the export) there.
+  cpu_env = dict(env, JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
   print(
     f"host: {harness.cpu_model()}, {os.cpu_count()} CPUs; EDSR {network} ({blocks} blocks, "
     f"{features} features), random weights; {args.dtype}; time = best of {args.repeats} "
@@ -331,8 +555,8 @@ def main() -> None:
   )
 
   tmp = tempfile.TemporaryDirectory(prefix="edsr_inference_")
-  rows, versions = [], {}
-  for w, h, scale in sizes:
+  rows, versions, exports, notes = [], {}, {}, []
+  for index, (w, h, scale) in enumerate(sizes):
     weights = pathlib.Path(tmp.name, f"x{scale}.npz")
     if not weights.exists():
       torch.manual_seed(0)
@@ -355,9 +579,27 @@ def main() -> None:
     ]
     if not tile_size:
       methods.pop(1)
+    if runtimes and (index == 0 or not args.smoke):  # --smoke: its first image only
+      if scale not in exports:  # our network with these weights, in every format needed
+        formats = list(dict.fromkeys(RUNTIMES[r][1] for r in runtimes))
+        spec = dict(network=network, size=(w, h, scale), weights=str(weights), auto=auto)
+        spec.update(dir=str(pathlib.Path(tmp.name, f"exported_x{scale}")), formats=formats)
+        exports[scale] = run_child("export", dict(spec, runtimes=runtimes), cpu_env)
+        print(f"  done: export x{scale} ({', '.join(formats)})", flush=True)
+      if "missing" in exports[scale]:  # auto: a runtime or an exporter is not installed
+        notes.append(f"Exported models skipped (--exported=auto): no {exports[scale]['missing']}")
+        runtimes = []
+      else:
+        methods += [(RUNTIMES[r][0], r, dict(runtime=r)) for r in runtimes]
     outputs = {}
     for k, (name, kind, extra) in enumerate(methods):
       untiled = extra.get("tile") == 0 or extra.get("chop") is False
+      artifact = None
+      if kind in RUNTIMES:
+        untiled = RUNTIMES[kind][2]
+        export = exports[scale]
+        artifact = export.get(RUNTIMES[kind][1]) or {"error": export.get("error", "?")}
+        extra = dict(extra, artifact=artifact.get("path"))
       spec = dict(
         network=network,
         size=(w, h, scale),
@@ -373,6 +615,11 @@ def main() -> None:
       )
       if untiled and not fits:
         result = {"skipped": f"~{need / 1e9:.0f} GB, {available / 1e9:.0f} GB available"}
+      elif artifact is not None and "error" in artifact:
+        result = {"error": "export: " + artifact["error"]}
+      elif artifact is not None:
+        result = run_child("exported", spec, cpu_env)
+        result["artifact_bytes"] = artifact["bytes"]
       else:
         result = run_child(kind, spec, env)
       if "error" not in result and "skipped" not in result:
@@ -380,10 +627,10 @@ def main() -> None:
         outputs[name] = spec["out"]
       rows.append({"image": label, "method": name, "pixels": h * w, **result})
       print(f"  done: {label} {name}", flush=True)
-    flops = rows[-len(methods)].get("flops")
-    for row in rows[-len(methods) :]:
-      row["flops"] = flops
-      ref = "ours, untiled" if row["method"].startswith("ours") else "official, untiled"
+    group = rows[-len(methods) :]
+    for row in group:
+      row["flops"] = group[0].get("flops")
+      ref = "official, untiled" if row["method"].startswith("official") else "ours, untiled"
       if row["method"] in outputs and ref in outputs:
         a = np.load(outputs[row["method"]]).astype(np.int16)
         b = np.load(outputs[ref]).astype(np.int16)
@@ -392,19 +639,20 @@ def main() -> None:
     if "ours, untiled" in outputs and "official, untiled" in outputs:
       a = np.load(outputs["ours, untiled"]).astype(np.int16)
       b = np.load(outputs["official, untiled"]).astype(np.int16)
-      rows[-1]["cross"] = (int(np.abs(a - b).max()), float((a != b).mean()))
+      official = next(row for row in group if row["method"] == "official, untiled")
+      official["cross"] = (int(np.abs(a - b).max()), float((a != b).mean()))
     for path in outputs.values():
       pathlib.Path(path).unlink(missing_ok=True)
 
-  print("\n" + "; ".join(versions.values()))
+  print("\n" + "; ".join(dict.fromkeys(versions.values())))
   header = (
-    f"{'image':<15}{'method':<23}{'tiles':>6}{'calls':>6}{'LR Mpx':>8}{'time s':>9}"
+    f"{'image':<15}{'method':<30}{'tiles':>6}{'calls':>6}{'LR Mpx':>8}{'time s':>9}"
     f"{'1st run s':>10}{'TFLOP/s':>9}{'MFU':>8}{'setup GB':>10}{'peak GB':>10}"
     f"{'max|diff|':>10}{'differ':>9}"
   )
   print(f"{header}\n{'-' * len(header)}")
   for row in rows:
-    start = f"{row['image']:<15}{row['method']:<23}"
+    start = f"{row['image']:<15}{row['method']:<30}"
     if "error" in row or "skipped" in row:
       print(
         start
@@ -425,7 +673,7 @@ def main() -> None:
     print(
       start + f"{'-' if tiles is None else tiles:>6}{'-' if calls is None else calls:>6}"
       f"{mpx:>8}{row['seconds']:>9.3f}"
-      f"{row['first_s']:>10.2f}{'-' if tflops is None else f'{tflops:.3g}':>9} {mfu:>7}"
+      f"{row['first_s']:>10.3f}{'-' if tflops is None else f'{tflops:.3g}':>9} {mfu:>7}"
       f"{_gb(row.get('setup'), 'rss') if row.get('peak_kind') == 'rss' else '-':>10}"
       f"{_gb(row.get('peak'), row.get('peak_kind')):>10}"
       f"{'-' if diff is None else diff:>10}{differ:>9}"
@@ -445,9 +693,31 @@ def main() -> None:
     )
   print(
     "max|diff| / differ: the uint8 output against the same side's untiled output (ours "
-    "must be 0). TFLOP/s: XLA's count for the untiled image / time (overlaps not counted). "
-    "'rss' = process peak resident memory (CPU), else the device allocator's peak."
+    "must be 0; the exported models: against ours, untiled). TFLOP/s: XLA's count for the "
+    "untiled image / time (overlaps not counted). 'rss' = process peak resident memory "
+    "(CPU), else the device allocator's peak."
   )
+  for scale, export in exports.items():
+    if "missing" in export:
+      continue
+    if "error" in export:
+      print(f"\nExport x{scale} failed: {export['error']}")
+      continue
+    print(
+      f"\nExported x{scale} by edsr_jax.deploy.export (uint8 in and out, float32 weights "
+      f"inside: {export['params']:,} parameters, {export['params_bytes'] / 1e6:.2f} MB):"
+    )
+    header = f"{'format':<12}{'artifact':<16}{'size MB':>9}{'export s':>10}"
+    print(f"{header}\n{'-' * len(header)}")
+    for fmt, name in ARTIFACTS.items():
+      if fmt in export:
+        done = export[fmt]
+        if "error" in done:
+          print(f"{fmt:<12}{name:<16}failed: {done['error']}")
+        else:
+          print(f"{fmt:<12}{name:<16}{done['bytes'] / 1e6:>9.2f}{done['seconds']:>10.1f}")
+  for note in notes:
+    print("\n" + note)
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(rows, indent=2))
   tmp.cleanup()

@@ -72,6 +72,16 @@ def test_train_throughput_smoke():
   assert dtypes == ["float32", "bfloat16"]
 
 
+EXPORTED = [  # benchmarks/inference.py's rows of exported models (--smoke: first image only)
+  "TensorFlow SavedModel",
+  "LiteRT .tflite",
+  "onnxruntime .onnx",
+  "OpenCV dnn .onnx",
+  "onnxruntime .onnx, our tiles",
+]
+RUNTIME_MODULES = ("tensorflow", "ai_edge_litert", "onnxruntime", "cv2", "jax2onnx")
+
+
 def test_inference_smoke():
   out = _run("inference.py", "--smoke")
   assert "host: " in out
@@ -83,15 +93,18 @@ def test_inference_smoke():
     "official forward_chop",
     "official, untiled",
   ]
-  assert len(rows) == 2 * len(methods), out
+  installed = all(importlib.util.find_spec(m) for m in RUNTIME_MODULES)
+  exported = EXPORTED if installed else []
+  assert len(rows) == 2 * len(methods) + len(exported), out
   parsed = {}
   for row in rows:
     image, rest = row[:15].strip(), row[15:]
-    method, numbers = rest[:23].strip(), rest[23:].split()
-    assert method in methods, row
+    method, numbers = rest[:30].strip(), rest[30:].split()
+    assert method in methods + exported, row
     tiles, calls, mpx, seconds, first, tflops, mfu, setup, _, peak, _, diff, differ = numbers
     assert int(tiles) >= 1 and int(calls) >= 1 and float(mpx) > 0, row
-    assert float(seconds) > 0 and float(first) > 0 and float(tflops) > 0, row
+    # (A millisecond or less prints as 0.000: OpenCV runs the tiny network that fast.)
+    assert float(seconds) >= 0 and float(first) >= 0 and float(tflops) > 0, row
     assert mfu == "-" and float(setup) > 0 and float(peak) >= float(setup), row
     parsed[image, method] = (int(tiles), int(diff), float(differ.rstrip("%")))
   for image in ("61x47 x2", "40x33 x4"):
@@ -105,6 +118,29 @@ def test_inference_smoke():
   # The same weights in both frameworks: at most a rounding step apart.
   cross = re.findall(r"official untiled .*: max \|diff\| ([0-9]+)", out)
   assert len(cross) == 2 and all(int(c) <= 1 for c in cross), out
+  if not installed:
+    assert "Exported models skipped (--exported=auto): no " in out, out
+    return
+  # Our network exported and run by each runtime: within a rounding step of ours, untiled
+  # (other summation orders), on at most 0.1% of the values; the whole image in one call,
+  # except onnxruntime in our tiles, which plans exactly as "ours, auto" does.
+  for method in EXPORTED:
+    tiles, diff, differ = parsed["61x47 x2", method]
+    assert diff <= 1 and differ <= 0.1, (method, out)
+    assert tiles == (parsed["61x47 x2", "ours, auto"][0] if "tiles" in method else 1), out
+  for runtime in ("TensorFlow", "LiteRT", "onnxruntime", "OpenCV"):
+    assert re.search(rf"; {runtime} [0-9][^;]* on cpu", out), out
+  header, artifacts = _table(out, "format")
+  assert header.split() == ["format", "artifact", "size", "MB", "export", "s"], out
+  sizes = {}
+  for row in artifacts:
+    fmt, name, size, seconds = row.split()
+    sizes[fmt] = float(size)
+    assert float(seconds) > 0, row
+  # The tiny network's 8,035 float32 parameters are 32 kB; each artifact holds them once.
+  assert sizes.keys() == {"savedmodel", "tflite", "onnx"} and all(
+    0.03 <= v < 0.5 for v in sizes.values()
+  ), out
 
 
 def _load_inference_module():
