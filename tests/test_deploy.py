@@ -212,3 +212,21 @@ def test_cli_exports_onnx_and_upscale_runs_it(tmp_path):
     got,
     inference.load(REPO / "pretrained/edsr_291_x2").upscale(image),
   )
+
+
+@pytest.mark.parametrize("fmt", deploy.FORMATS)
+def test_a_failing_conversion_is_one_error_and_leaves_nothing(fmt, tmp_path):
+  """Weights that do not fit the network (a layer missing) fail inside the converter's
+  tracing: one UserError naming the output and the format, and nothing on disk."""
+  import dataclasses
+
+  from edsr_jax import errors
+
+  restored = checkpoint.load_params(REPO / "pretrained" / "edsr_291_x2")
+  params = dict(restored.params)
+  del params["tail"]
+  broken = dataclasses.replace(restored, params=params)
+  output = tmp_path / f"model.{fmt}"
+  with pytest.raises(errors.UserError, match=rf"model\.{fmt}: the {fmt} converter failed"):
+    deploy.export(broken, fmt, output)
+  assert list(tmp_path.iterdir()) == []
