@@ -82,8 +82,14 @@ EXPORTED = [  # benchmarks/inference.py's rows of exported models (--smoke: firs
 RUNTIME_MODULES = ("tensorflow", "ai_edge_litert", "onnxruntime", "cv2", "jax2onnx")
 
 
-def test_inference_smoke():
-  out = _run("inference.py", "--smoke")
+@pytest.mark.parametrize(
+  "exported",
+  # The exported rows cost ~12 s (TensorFlow imported twice); tests/test_deploy.py checks
+  # the same runtimes in `make test`.
+  ["none", pytest.param("auto", marks=pytest.mark.slow)],
+)
+def test_inference_smoke(exported):
+  out = _run("inference.py", "--smoke", f"--exported={exported}")
   assert "host: " in out
   _, rows = _table(out, "image")
   methods = [
@@ -94,6 +100,9 @@ def test_inference_smoke():
     "official, untiled",
   ]
   installed = all(importlib.util.find_spec(m) for m in RUNTIME_MODULES)
+  if exported == "none":
+    assert "Exported models" not in out, out
+    installed = False
   exported = EXPORTED if installed else []
   assert len(rows) == 2 * len(methods) + len(exported), out
   parsed = {}
@@ -118,8 +127,7 @@ def test_inference_smoke():
   # The same weights in both frameworks: at most a rounding step apart.
   cross = re.findall(r"official untiled .*: max \|diff\| ([0-9]+)", out)
   assert len(cross) == 2 and all(int(c) <= 1 for c in cross), out
-  if not installed:
-    assert "Exported models skipped (--exported=auto): no " in out, out
+  if not exported:
     return
   # Our network exported and run by each runtime: within a rounding step of ours, untiled
   # (other summation orders), on at most 0.1% of the values; the whole image in one call,

@@ -2,7 +2,9 @@
 the runtimes people deploy with: TensorFlow, the LiteRT interpreter, onnxruntime and
 OpenCV's dnn module, at an odd size, a batch of another size, and a size that `upscale`
 tiles. Two models: the shipped `pretrained/edsr_291_x2` and official-layout PyTorch
-weights (EDSR x3, the pixel shuffle by 3) imported by `import_torch`.
+weights (EDSR x3, the pixel shuffle by 3) imported by `import_torch`. The command-line
+side (`export --format=...`, `upscale --runtime=onnxruntime`) runs as docs/deploy.md has
+it in tests/test_readme.py::test_deploy_page.
 
 Tolerance: every value within 1 grey level of ours (the runtimes sum the convolutions in
 other orders, so a value within float rounding of a .5 boundary may round the other way);
@@ -12,10 +14,7 @@ the fraction of values that differ is printed and bounded.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -181,37 +180,6 @@ def test_each_artifact_carries_its_record(shipped, fmt):
   assert info["source"] == shipped_from["source"]
   assert info["input"]["dtype"] == "uint8" and info["model"]["num_features"] == 32
   assert info["halo"] == inference.receptive_field_radius(restored.config.model, 2)
-
-
-def test_cli_exports_onnx_and_upscale_runs_it(tmp_path):
-  """`export --format=onnx` and `upscale --runtime=onnxruntime`, real subprocesses."""
-  from PIL import Image
-
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  out = tmp_path / "edsr_x2.onnx"
-  done = subprocess.run(
-    [sys.executable, "-m", "edsr_jax.export", "--checkpoint=pretrained/edsr_291_x2",
-     "--format=onnx", f"--output={out}"],
-    cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-  )  # fmt: skip
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert "Traceback" not in done.stderr and str(out) in done.stdout
-  assert json.loads(json.dumps(deploy.read_record(out)))["format"] == "onnx"
-  image = _images(4)["odd 37x51"][0]
-  Image.fromarray(image).save(tmp_path / "photo.png")
-  upscaled = subprocess.run(
-    [sys.executable, "-m", "edsr_jax.upscale", f"--checkpoint={out}", "--runtime=onnxruntime",
-     f"--output_dir={tmp_path / 'sr'}", str(tmp_path / "photo.png")],
-    cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-  )  # fmt: skip
-  assert upscaled.returncode == 0, upscaled.stderr[-3000:]
-  with Image.open(tmp_path / "sr" / "photo_x2_SR.png") as sr:
-    got = np.asarray(sr)
-  _compare(
-    "upscale --runtime=onnxruntime",
-    got,
-    inference.load(REPO / "pretrained/edsr_291_x2").upscale(image),
-  )
 
 
 @pytest.mark.parametrize("fmt", deploy.FORMATS)

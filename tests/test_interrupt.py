@@ -21,7 +21,12 @@ STEPS = 60  # tiny_reference's
 EX_TEMPFAIL = 75
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize(
+  "sig",
+  # Ctrl-C's save-and-exit-75 is also a case of tests/test_bad_inputs.py (main-ctrl-c-saves).
+  [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM],
+  ids=["ctrl-c", "sigterm"],
+)
 def test_signal_saves_exits_75_and_resumes_bitwise_equal(tmp_path, tiny, tiny_reference, sig):
   workdir = tmp_path / "run"
   cmd = tiny.cmd(workdir, STEPS, "--config.checkpoint_every_steps=10")

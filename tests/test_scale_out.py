@@ -162,6 +162,7 @@ def test_sigterm_saves_and_resumed_run_ends_bitwise_equal(tmp_path, tiny, tiny_r
   jax.tree.map(np.testing.assert_array_equal, tiny.params(tiny_reference), tiny.params(workdir))
 
 
+@pytest.mark.slow  # ~18 s; the same SIGTERM and resume without EMA is in `make test`
 def test_sigterm_and_resume_with_ema_end_bitwise_equal(tmp_path, tiny):
   """The EMA of the parameters (config.ema_decay) is saved and resumed with the state."""
   steps, ema = 30, "--config.ema_decay=0.9"

@@ -30,6 +30,7 @@ E2E = (
 STEPS = 30
 
 
+@pytest.mark.slow  # ~25 s; test_scale_out's SIGKILL-during-saves test covers kill and resume
 def test_kill_and_resume_continues_exactly(tmp_path, tiny, scalars):
   reference = tmp_path / "reference"
   tiny.run(tiny.cmd(reference, STEPS, *E2E))
