@@ -54,6 +54,7 @@ def smoke(tmp_path_factory):
   return result, out, log
 
 
+@pytest.mark.slow  # the smoke fixture: ~50 s of every section on the CPU
 def test_smoke_passes_every_section(smoke):
   result, out, log = smoke
   assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:] + log[-4000:]
@@ -76,6 +77,7 @@ def test_smoke_passes_every_section(smoke):
   assert {s["status"] for s in results["sections"]} == {"PASS"}
 
 
+@pytest.mark.slow  # the smoke fixture: ~50 s of every section on the CPU
 def test_smoke_reports_each_section(smoke):
   _, out, log = smoke
   summary = (out / "summary.md").read_text()
@@ -120,6 +122,7 @@ def test_smoke_reports_each_section(smoke):
   assert re.search(r"benchmark/B100 .* kept", log)
 
 
+@pytest.mark.slow  # the smoke fixture: ~50 s of every section on the CPU
 def test_smoke_ran_without_tensorflow(smoke, scalars):
   _, out, log = smoke
   results = json.loads((out / "results.json").read_text())

@@ -109,6 +109,7 @@ def _read_only(folder: pathlib.Path):
   pytest.skip(f"cannot make {folder} read-only here as root (no chattr +i, no bind mounts)")
 
 
+@pytest.mark.slow  # ~19 s; test_bad_inputs' main-disk-full-during-save is the same path
 def test_a_failed_save_stops_the_run_at_its_step_and_keeps_earlier_checkpoints(
   tmp_path, tiny, scalars
 ):
