@@ -25,13 +25,11 @@ UPSCALE_SCALE = $(patsubst x%,%,$(patsubst X%,%,$(strip $(SCALE))))
 .PHONY: demo upscale test test-slow lint format venv lock clean
 
 # The venv holds exactly the lock: it is made anew whenever the lock changes, and every
-# package is installed with --no-deps, so nothing unpinned can come in. --no-compile: the
-# .pyc files of the modules a program imports are written on first import, instead of
-# compiling every module of every package at install (half the install time, 30 s here).
+# package is installed with --no-deps, so nothing unpinned can come in.
 $(VENV)/.runtime: requirements.lock
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --no-deps --no-compile -r requirements.lock
+	$(PIP) install --quiet --no-deps -r requirements.lock
 	touch $@
 
 # The project itself, editable: `import edsr_jax` and the console scripts work from any folder.
@@ -46,13 +44,13 @@ $(VENV)/.project: $(VENV)/.runtime pyproject.toml
 COMPILERS := '^(libtpu|jax-cuda12-plugin|jax-cuda12-pjrt)=='
 $(VENV)/.test: $(VENV)/.project requirements-test.lock
 	grep -Ev $(COMPILERS) requirements-test.lock > $(VENV)/requirements-test-site.txt
-	$(PIP) install --quiet --no-deps --no-compile -r $(VENV)/requirements-test-site.txt
+	$(PIP) install --quiet --no-deps -r $(VENV)/requirements-test-site.txt
 	@# Every declared dependency is met, but those of requirements-nodeps.txt's packages.
 	@$(PIP) check | grep -Ev "^($$(sed -n 's/==.*//p' requirements-nodeps.txt | paste -sd'|' -)) " \
 	  && exit 1 || echo "pip check: OK (but for requirements-nodeps.txt, see there)"
 	rm -rf $(VENV)/tpu-compiler $(VENV)/gpu-compiler
-	$(PIP) install --quiet --no-deps --no-compile --target $(VENV)/tpu-compiler $$(grep '^libtpu==' requirements-test.lock)
-	$(PIP) install --quiet --no-deps --no-compile --target $(VENV)/gpu-compiler $$(grep '^jax-cuda12-' requirements-test.lock)
+	$(PIP) install --quiet --no-deps --target $(VENV)/tpu-compiler $$(grep '^libtpu==' requirements-test.lock)
+	$(PIP) install --quiet --no-deps --target $(VENV)/gpu-compiler $$(grep '^jax-cuda12-' requirements-test.lock)
 	touch $@
 
 venv: $(VENV)/.test

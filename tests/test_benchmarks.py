@@ -48,6 +48,7 @@ def _table(stdout: str, first_column: str) -> tuple[list[str], list[list[str]]]:
   return lines[start], rows
 
 
+@pytest.mark.slow  # ~20 s of child processes: a developer tool's smoke, not the product's
 def test_train_throughput_smoke():
   out = _run("train_throughput.py", "--smoke", "--peak_tflops=1")
   assert "host: " in out and "JAX backend cpu" in out
@@ -88,6 +89,7 @@ RUNTIME_MODULES = ("tensorflow", "ai_edge_litert", "onnxruntime", "cv2", "jax2on
   # the same runtimes in `make test`.
   ["none", pytest.param("auto", marks=pytest.mark.slow)],
 )
+@pytest.mark.slow  # ~25 s of child processes: a developer tool's smoke, not the product's
 def test_inference_smoke(exported):
   out = _run("inference.py", "--smoke", f"--exported={exported}")
   assert "host: " in out

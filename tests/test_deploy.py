@@ -4,7 +4,8 @@ OpenCV's dnn module, at an odd size, a batch of another size, and a size that `u
 tiles. Two models: the shipped `pretrained/edsr_291_x2` and official-layout PyTorch
 weights (EDSR x3, the pixel shuffle by 3) imported by `import_torch`. The command-line
 side (`export --format=...`, `upscale --runtime=onnxruntime`) runs as docs/deploy.md has
-it in tests/test_readme.py::test_deploy_page.
+it in tests/test_readme.py::test_deploy_page (make test-slow); here by
+test_cli_exports_onnx_and_upscale_runs_it.
 
 Tolerance: every value within 1 grey level of ours (the runtimes sum the convolutions in
 other orders, so a value within float rounding of a .5 boundary may round the other way);
@@ -14,7 +15,10 @@ the fraction of values that differ is printed and bounded.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -198,3 +202,34 @@ def test_a_failing_conversion_is_one_error_and_leaves_nothing(fmt, tmp_path):
   with pytest.raises(errors.UserError, match=rf"model\.{fmt}: the {fmt} converter failed"):
     deploy.export(broken, fmt, output)
   assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_exports_onnx_and_upscale_runs_it(tmp_path):
+  """`export --format=onnx` and `upscale --runtime=onnxruntime`, real subprocesses."""
+  from PIL import Image
+
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = tmp_path / "edsr_x2.onnx"
+  done = subprocess.run(
+    [sys.executable, "-m", "edsr_jax.export", "--checkpoint=pretrained/edsr_291_x2",
+     "--format=onnx", f"--output={out}"],
+    cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "Traceback" not in done.stderr and str(out) in done.stdout
+  assert json.loads(json.dumps(deploy.read_record(out)))["format"] == "onnx"
+  image = _images(4)["odd 37x51"][0]
+  Image.fromarray(image).save(tmp_path / "photo.png")
+  upscaled = subprocess.run(
+    [sys.executable, "-m", "edsr_jax.upscale", f"--checkpoint={out}", "--runtime=onnxruntime",
+     f"--output_dir={tmp_path / 'sr'}", str(tmp_path / "photo.png")],
+    cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert upscaled.returncode == 0, upscaled.stderr[-3000:]
+  with Image.open(tmp_path / "sr" / "photo_x2_SR.png") as sr:
+    got = np.asarray(sr)
+  _compare(
+    "upscale --runtime=onnxruntime",
+    got,
+    inference.load(REPO / "pretrained/edsr_291_x2").upscale(image),
+  )

@@ -451,6 +451,7 @@ def test_launch_blocks_dry_run(readme_copy):
   assert "--workdir=gs://MY_BUCKET/runs/edsr_x2" in result.stdout
 
 
+@pytest.mark.slow  # ~30 s; tests/test_deploy.py runs the same CLIs and runtimes in make test
 def test_deploy_page(readme_copy):
   """docs/deploy.md as written: the shipped x2 model exported in the three formats, the
   ONNX model run by `upscale --runtime=onnxruntime`, and each runtime's snippet, whose
