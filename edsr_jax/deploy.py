@@ -202,9 +202,13 @@ def export(
   tmp = target.with_name(f".{target.name}.write-tmp-{os.getpid()}")
   try:
     _WRITERS[fmt](serving_function(upscaler, scale), str(tmp), info)
-    if os.path.lexists(target):
-      (shutil.rmtree if target.is_dir() and not target.is_symlink() else os.unlink)(target)
-    os.rename(tmp, target)
+    if target.is_dir() and not target.is_symlink():  # a SavedModel replaced: moved aside
+      aside = tmp.with_name(f"{tmp.name}-old")
+      os.rename(target, aside)
+      os.rename(tmp, target)
+      shutil.rmtree(aside)
+    else:
+      os.replace(tmp, target)  # atomic for a file
   except Exception as e:
     if isinstance(e, OSError):
       raise errors.UserError(
@@ -247,13 +251,6 @@ def read_record(path: str | os.PathLike) -> dict:
     ) from None
 
 
-class _Config:
-  """The smallest config `inference.Upscaler` takes: the network's section."""
-
-  def __init__(self, model: dict):
-    self.model = ml_collections.ConfigDict(model)
-
-
 def load_onnx(path: str | os.PathLike, providers=("CPUExecutionProvider",)):
   """An `inference.Upscaler` whose network is the exported ONNX model `path`, run by
   onnxruntime: the same tiles, batches and output as the JAX network (no self-ensemble)."""
@@ -264,7 +261,9 @@ def load_onnx(path: str | os.PathLike, providers=("CPUExecutionProvider",)):
   if info.get("format") != "onnx":
     raise errors.UserError(f"{path}: a {info.get('format')} export, not ONNX")
   session = onnxruntime.InferenceSession(os.fspath(path), providers=list(providers))
-  upscaler = inference.Upscaler(_Config(info["model"]), params=None, source=os.fspath(path))
+  # The network's section is all of the config the Upscaler reads (its tiling, its repr).
+  config = ml_collections.ConfigDict({"model": info["model"]})
+  upscaler = inference.Upscaler(config, params=None, source=os.fspath(path))
   upscaler.scales = (info["scale"],)
 
   def forward(params, batch, *, scale, self_ensemble, quantize):

@@ -84,9 +84,11 @@ def out_of_memory(error: BaseException) -> bool:
   while error is not None:
     if isinstance(error, MemoryError):
       return True
-    text = str(error)
-    if "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text:
-      return type(error).__name__ in ("JaxRuntimeError", "XlaRuntimeError")
+    # Checked on the runtime's own error: a wrapper (a failed save) may quote its text.
+    if type(error).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and any(
+      word in str(error) for word in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory")
+    ):
+      return True
     error = error.__cause__ or error.__context__
   return False
 

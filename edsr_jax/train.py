@@ -491,10 +491,9 @@ def _train(config, workdir, scales, sampler, val_images, preemption) -> TrainSta
       config.prefetch_batches,
     )
     preemption.arm()  # from here on a signal stops the run after saving a step
-    what = "in the train step"
     try:
       for step, scale, batch in batches:
-        what = "in the train step"
+        what = "in the train step"  # what an out-of-memory error below is reported as
         if scale not in compiled:
           compiled[scale] = step_fn.lower(state, batch, scale=scale).compile()
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -524,7 +523,6 @@ def _train(config, workdir, scales, sampler, val_images, preemption) -> TrainSta
         # Asked at every step: with several processes, this is where they agree to stop.
         stop = preemption.reached(done) and not is_last
         if done % config.checkpoint_every_steps == 0 or is_last or stop:
-          what = "in the train step"
           checkpoint.save(manager, done, state, config)
         if stop:
           if preemption.interrupted:

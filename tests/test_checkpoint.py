@@ -150,3 +150,19 @@ def test_init_from_the_same_network_copies_every_parameter():
   state = checkpoint.init_from(fresh, "pretrained/edsr_291_x2", tx, mesh, (2,))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), shipped.params)
   assert int(state.step) == 0
+
+
+def test_out_of_memory_is_recognised_through_a_failed_save():
+  """A train step's allocation failure can surface when the save reads its arrays: the
+  save's CheckpointError (which quotes the text) still counts as out of memory, by its
+  cause; the same text without a runtime error behind it does not."""
+  try:
+    jax.numpy.zeros((10**13,), jax.numpy.uint8).block_until_ready()  # 10 TB: refused
+  except Exception as e:  # JaxRuntimeError: RESOURCE_EXHAUSTED
+    runtime = e
+  assert errors.out_of_memory(runtime)
+  try:
+    raise errors.CheckpointError(f"cannot save checkpoint 7 ({runtime})") from runtime
+  except errors.CheckpointError as e:
+    assert errors.out_of_memory(e)
+  assert not errors.out_of_memory(errors.CheckpointError("RESOURCE_EXHAUSTED, said a user"))

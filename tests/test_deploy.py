@@ -233,3 +233,17 @@ def test_cli_exports_onnx_and_upscale_runs_it(tmp_path):
     got,
     inference.load(REPO / "pretrained/edsr_291_x2").upscale(image),
   )
+
+
+def test_overwrite_replaces_an_export_and_leaves_nothing_else(shipped, tmp_path):
+  from edsr_jax import errors
+
+  restored, _ = shipped
+  target = tmp_path / "savedmodel"
+  deploy.export(restored, "savedmodel", target)
+  with pytest.raises(errors.UserError, match="exists; refusing to overwrite it"):
+    deploy.export(restored, "savedmodel", target)
+  (target / "mine.txt").write_text("from the first export\n")
+  deploy.export(restored, "savedmodel", target, overwrite=True)
+  assert not (target / "mine.txt").exists() and deploy.read_record(target)["format"] == "savedmodel"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["savedmodel"]
